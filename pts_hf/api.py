@@ -1,0 +1,142 @@
+"""The one-call API: ``pts_hf.sparsify(model, data, method=..., sparsity=...)``."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pts_hf.calibration import CalibrationData
+from pts_hf.config import SparsityConfig
+from pts_hf.sparsifiers import get_sparsifier_class
+from pts_hf.sparsifiers.base import check_finite_weights
+from pts_hf.targets import Target, discover_targets
+
+__all__ = ["SparsifyResult", "measure_sparsity", "sparsify"]
+
+
+@torch.no_grad()
+def measure_sparsity(targets: list[Target]) -> tuple[dict[str, float], float]:
+    """Per-tensor and global fraction of zeros actually present in the weights."""
+    per, zeros, total = {}, 0, 0
+    for t in targets:
+        w = t.weight
+        z = int((w == 0).sum())
+        per[t.tensor_fqn] = z / w.numel() if w.numel() else 0.0
+        zeros += z
+        total += w.numel()
+    return per, (zeros / total if total else 0.0)
+
+
+@dataclass
+class SparsifyResult:
+    """What :func:`sparsify` returns."""
+
+    model: nn.Module
+    method: str
+    config: SparsityConfig
+    target_sparsity: float
+    global_sparsity: float
+    layer_sparsity: dict[str, float]
+    layer_numel: dict[str, int]
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, max_rows: int | None = None) -> str:
+        """A per-layer table as text."""
+        rows = list(self.layer_sparsity.items())
+        width = max([len("tensor"), *(len(k) for k, _ in rows)])
+        lines = [f"{'tensor':<{width}}  {'numel':>10}  {'sparsity':>8}"]
+        shown = rows if max_rows is None else rows[:max_rows]
+        lines += [f"{k:<{width}}  {self.layer_numel[k]:>10}  {v:>8.4f}" for k, v in shown]
+        if len(shown) < len(rows):
+            lines.append(f"... {len(rows) - len(shown)} more")
+        lines.append(f"global {self.global_sparsity:.6f} (target {self.target_sparsity}) "
+                     f"method={self.method} in {self.seconds:.1f}s")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"SparsifyResult(method={self.method!r}, target={self.target_sparsity}, "
+                f"global_sparsity={self.global_sparsity:.6f}, layers={len(self.layer_sparsity)}, "
+                f"seconds={self.seconds:.2f})")
+
+
+def _make_accelerator(config: SparsityConfig) -> Any:
+    from accelerate import Accelerator
+
+    kwargs = {}
+    for name in ("mixed_precision", "gradient_accumulation_steps"):
+        if hasattr(config, name):
+            kwargs[name] = getattr(config, name)
+    return Accelerator(**kwargs)
+
+
+def sparsify(
+    model: nn.Module,
+    data: Any = None,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    allocation: str = "erk",
+    seed: int = 0,
+    *,
+    inplace: bool = False,
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+    accelerator: Any = None,
+    **options: Any,
+) -> SparsifyResult:
+    """Sparsify ``model`` to exactly ``sparsity`` zeros over its targeted weights.
+
+    Args:
+        model: a trained dense model (CNN, ViT, HF transformer, …).
+        data: calibration inputs (see :mod:`pts_hf.calibration` for the accepted forms); labels are never used.
+        method: a registered method (``pts_hf.SPARSIFIERS``).
+        sparsity: global target in [0, 1).
+        allocation: per-layer allocation (initial allocation for learned methods).
+        seed: seed for every random choice.
+        inplace: modify ``model`` itself instead of a deep copy.
+        targets / ignore: layer patterns (see :mod:`pts_hf.targets`).
+        accelerator: an ``accelerate.Accelerator`` to use (one is created otherwise).
+        **options: the method's own options (its config dataclass fields).
+
+    Every argument is checked before any work starts; on bad input the model is left untouched.
+    """
+    cls = get_sparsifier_class(method)
+    config = cls.config_class.from_options(sparsity=sparsity, allocation=allocation, seed=seed, targets=targets,
+                                           ignore=ignore, **options)
+    found = discover_targets(model, config.targets, config.ignore)
+    check_finite_weights(found)
+    sparsifier = cls(config)
+    calib = CalibrationData(data, config.batch_size) if (data is not None or sparsifier.requires_data()) else None
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    work = model if inplace else copy.deepcopy(model)
+    if accelerator is None:
+        accelerator = _make_accelerator(config)
+    sparsifier.prepare(work)
+    try:
+        details = sparsifier.calibrate(work, calib, accelerator)
+    except BaseException:
+        sparsifier.remove()
+        raise
+    sparsifier.squash_mask()
+    seconds = time.perf_counter() - start
+
+    final_targets = [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in sparsifier.groups]
+    per_layer, global_s = measure_sparsity(final_targets)
+    return SparsifyResult(
+        model=work,
+        method=cls.method,
+        config=config,
+        target_sparsity=config.sparsity,
+        global_sparsity=global_s,
+        layer_sparsity=per_layer,
+        layer_numel={t.tensor_fqn: t.numel for t in final_targets},
+        seconds=seconds,
+        details=details,
+    )

@@ -1,0 +1,191 @@
+"""Per-layer sparsity allocation and the exact global projection.
+
+Every allocation takes the layers' weights (or their shapes) and a global target sparsity ``s`` (fraction of
+zeros over all the given weights) and returns one sparsity per layer. ``exact_counts`` turns any list of
+per-layer sparsities into integer zero counts whose sum is exactly ``round(s * N)``; ``exact_projection``
+picks masks from arbitrary per-element scores so that the global number of zeros is exactly ``round(s * N)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "ALLOCATIONS",
+    "allocate",
+    "erk",
+    "exact_counts",
+    "exact_projection",
+    "global_magnitude",
+    "l2norm",
+    "lamp",
+    "lamp_scores",
+    "uniform",
+]
+
+
+def _check_sparsity(sparsity: float) -> float:
+    s = float(sparsity)
+    if not (0.0 <= s < 1.0) or math.isnan(s):
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return s
+
+
+def uniform(shapes: Sequence[torch.Size | tuple[int, ...]], sparsity: float) -> list[float]:
+    """The same sparsity in every layer."""
+    s = _check_sparsity(sparsity)
+    return [s] * len(shapes)
+
+
+def erk(shapes: Sequence[torch.Size | tuple[int, ...]], sparsity: float, power: float = 1.0) -> list[float]:
+    """Erdős–Rényi-Kernel allocation (Evci et al. 2020): density ∝ (Σ dims / Π dims) ** power.
+
+    Layers whose density would exceed 1 are made dense and the budget is re-solved over the rest, until every
+    density is ≤ 1. ``power=1`` is the RigL / FCPTS-code setting; ``power=0`` is uniform.
+    """
+    s = _check_sparsity(sparsity)
+    numels = [math.prod(sh) for sh in shapes]
+    raw = [(sum(sh) / math.prod(sh)) ** power if math.prod(sh) else 0.0 for sh in shapes]
+    budget = (1.0 - s) * sum(numels)  # weights to keep
+    dense: set[int] = set()
+    while True:
+        free = [i for i in range(len(shapes)) if i not in dense]
+        left = budget - sum(numels[i] for i in dense)
+        denom = sum(raw[i] * numels[i] for i in free)
+        eps = left / denom if denom > 0 else 0.0
+        over = [i for i in free if eps * raw[i] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return [0.0 if i in dense else min(1.0, max(0.0, 1.0 - eps * raw[i])) for i in range(len(shapes))]
+
+
+def exact_counts(sparsities: Sequence[float], numels: Sequence[int], total_zeros: int | None = None) -> list[int]:
+    """Integer zeros per layer, ``≈ s_l · N_l``, summing exactly to ``total_zeros``
+    (default ``round(Σ s_l N_l)``), by the largest-remainder method within ``[0, N_l]``."""
+    if len(sparsities) != len(numels):
+        raise ValueError(f"{len(sparsities)} sparsities for {len(numels)} layers")
+    ideal = [min(max(float(s), 0.0), 1.0) * n for s, n in zip(sparsities, numels)]
+    if total_zeros is None:
+        total_zeros = round(sum(ideal))
+    if not 0 <= total_zeros <= sum(numels):
+        raise ValueError(f"total_zeros={total_zeros} is outside [0, {sum(numels)}]")
+    counts = [math.floor(x) for x in ideal]
+    diff = total_zeros - sum(counts)
+    order = sorted(range(len(ideal)), key=lambda i: ideal[i] - counts[i], reverse=diff > 0)
+    step = 1 if diff > 0 else -1
+    while diff != 0:
+        moved = False
+        for i in order:
+            if diff == 0:
+                break
+            if 0 <= counts[i] + step <= numels[i]:
+                counts[i] += step
+                diff -= step
+                moved = True
+        if not moved:  # pragma: no cover - guarded by the range check above
+            raise RuntimeError("could not distribute zeros")
+    return counts
+
+
+def exact_projection(
+    scores: Sequence[torch.Tensor], sparsity: float, min_keep: int = 0
+) -> list[torch.Tensor]:
+    """Global masks (True = keep) pruning exactly ``round(sparsity · N)`` lowest-scoring elements.
+
+    Scores of different layers must already be comparable (e.g. |W| / RMS(W) − t, or LAMP scores). Ties at the
+    cut are broken by position, so the count is exact whatever the scores. ``min_keep`` keeps at least that
+    many of each layer's best elements, so no layer is cut off entirely.
+    """
+    s = _check_sparsity(sparsity)
+    numels = [t.numel() for t in scores]
+    total = sum(numels)
+    n_zero = round(s * total)
+    flat = []
+    for t in scores:
+        f = t.detach().reshape(-1).float().clone()
+        if torch.isnan(f).any():
+            raise ValueError("exact_projection got NaN scores")
+        if min_keep > 0 and f.numel():
+            top = torch.topk(f, min(min_keep, f.numel())).indices
+            f[top] = float("inf")
+        flat.append(f.cpu())
+    if min_keep > 0 and n_zero > total - sum(min(min_keep, n) for n in numels):
+        raise ValueError(
+            f"sparsity {s} cannot be reached while keeping {min_keep} weight(s) in each of {len(scores)} layers"
+        )
+    allv = torch.cat(flat) if flat else torch.empty(0)
+    keep = torch.ones(total, dtype=torch.bool)
+    if n_zero > 0:
+        kth = torch.kthvalue(allv, n_zero).values
+        below = allv < kth
+        keep[below] = False
+        short = n_zero - int(below.sum())
+        if short > 0:
+            tie_idx = torch.nonzero(allv == kth).reshape(-1)[:short]
+            keep[tie_idx] = False
+    out, start = [], 0
+    for t, n in zip(scores, numels):
+        out.append(keep[start : start + n].view(t.shape).to(t.device))
+        start += n
+    return out
+
+
+def _from_global_scores(scores: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    masks = exact_projection(scores, sparsity)
+    return [1.0 - float(m.float().mean()) if m.numel() else 0.0 for m in masks]
+
+
+def global_magnitude(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    """One global threshold on raw |W| across layers (sensitive to per-layer weight scale)."""
+    return _from_global_scores([w.detach().abs() for w in weights], sparsity)
+
+
+def l2norm(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    """POT's "L2Norm": one global threshold on |W| / ‖W_l‖₂."""
+    return _from_global_scores([w.detach().abs() / w.detach().float().norm().clamp_min(1e-12) for w in weights],
+                               sparsity)
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score (Lee et al. 2021): w_u² / Σ_{v ≥ u} w_v² with weights sorted by magnitude ascending."""
+    sq = weight.detach().float().reshape(-1) ** 2
+    sorted_sq, idx = torch.sort(sq)
+    tail = torch.flip(torch.cumsum(torch.flip(sorted_sq, [0]), 0), [0])
+    scores = torch.empty_like(sq)
+    scores[idx] = sorted_sq / tail.clamp_min(1e-30)
+    return scores.view(weight.shape)
+
+
+def lamp(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    """Layer-adaptive magnitude pruning: one global threshold on LAMP scores."""
+    return _from_global_scores([lamp_scores(w) for w in weights], sparsity)
+
+
+def _uniform_w(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    return uniform([w.shape for w in weights], sparsity)
+
+
+def _erk_w(weights: Sequence[torch.Tensor], sparsity: float, power: float = 1.0) -> list[float]:
+    return erk([tuple(w.shape) for w in weights], sparsity, power=power)
+
+
+ALLOCATIONS: dict[str, Callable[..., list[float]]] = {
+    "uniform": _uniform_w,
+    "erk": _erk_w,
+    "lamp": lamp,
+    "l2norm": l2norm,
+    "global": global_magnitude,
+}
+
+
+def allocate(name: str, weights: Sequence[torch.Tensor], sparsity: float, **options) -> list[float]:
+    """Per-layer sparsities by the named allocation (``uniform``, ``erk``, ``lamp``, ``l2norm``, ``global``)."""
+    key = name.lower()
+    if key not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {name!r}; choose one of {sorted(ALLOCATIONS)}")
+    _check_sparsity(sparsity)
+    return ALLOCATIONS[key](weights, sparsity, **options)

@@ -1,0 +1,120 @@
+"""Mask parametrizations registered on targeted weights while a sparsifier is prepared.
+
+Both keep everything they learn (mask, threshold, scale) in ``extra_state()`` so a sparsifier's
+``state_dict()`` holds it; torch's ``FakeSparsity`` deliberately drops its mask from state dicts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pts_hf.ops.kde import resolve_bandwidth, threshold_to_sparsity
+
+__all__ = ["FixedMask", "PTSParametrization", "ThresholdMask"]
+
+
+class PTSParametrization(nn.Module):
+    """Base of pts_hf parametrizations: ``forward(w) = w ⊙ mask``."""
+
+    def current_mask(self, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            cur = getattr(self, k)
+            if isinstance(cur, nn.Parameter):
+                with torch.no_grad():
+                    cur.copy_(v)
+            else:
+                if cur.shape != v.shape:
+                    raise ValueError(f"{k}: saved shape {tuple(v.shape)} does not match {tuple(cur.shape)}")
+                setattr(self, k, v.to(device=cur.device, dtype=cur.dtype))
+
+
+class FixedMask(PTSParametrization):
+    """A stored boolean mask, updated by the sparsifier's ``step()``."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+    def current_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.mask
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"mask": self.mask.clone()}
+
+
+class ThresholdMask(PTSParametrization):
+    """FCPTS mask ``|W| / scale > t`` with one learnable threshold ``t`` in normalised units.
+
+    ``scale`` is the layer's RMS at preparation, so thresholds of layers whose weights differ by 100× live on
+    one scale and share one learning rate and one KDE bandwidth.
+
+    Args:
+        weight: the dense weight (used for the scale and the KDE sample positions).
+        threshold: initial threshold in normalised units.
+        ste: if True, the reconstruction loss reaches ``t`` through a sigmoid straight-through surrogate of the
+            hard mask (paper, eq. 14); if False only the control loss moves ``t`` (released code).
+        ste_width: width of that sigmoid, in normalised units.
+        kde_samples: number of weights the KDE in the bridge uses (all if larger than the layer).
+        bandwidth: KDE bandwidth (float, normalised units) or a rule name (``"silverman"``, ``"scott"``).
+        generator: RNG for the KDE sample positions.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        threshold: float,
+        ste: bool = True,
+        ste_width: float = 0.1,
+        kde_samples: int = 2048,
+        bandwidth: float | str = "silverman",
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        w = weight.detach().float()
+        scale = w.pow(2).mean().sqrt().clamp_min(1e-12)
+        self.register_buffer("scale", scale.to(weight.dtype))
+        self.threshold = nn.Parameter(torch.tensor(float(threshold), dtype=torch.float32, device=weight.device))
+        n = w.numel()
+        idx = torch.randperm(n, generator=generator)[: min(kde_samples, n)] if kde_samples < n else torch.arange(n)
+        self.register_buffer("kde_index", idx.to(weight.device))
+        self.ste = bool(ste)
+        self.ste_width = float(ste_width)
+        self.bandwidth = bandwidth
+
+    def normalised(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach().float() / self.scale.float()
+
+    def current_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.normalised(weight).abs() > self.threshold.detach()
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        z = self.normalised(weight).abs()
+        hard = (z > self.threshold.detach()).to(weight.dtype)
+        if self.ste and torch.is_grad_enabled() and self.threshold.requires_grad:
+            soft = torch.sigmoid((z - self.threshold) / self.ste_width).to(weight.dtype)
+            return weight * (hard + (soft - soft.detach()))
+        return weight * hard
+
+    def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
+        """Differentiable r(t): exact fraction pruned forward, KDE density backward."""
+        z = self.normalised(weight).reshape(-1)
+        samples = z[self.kde_index]
+        h = resolve_bandwidth(self.bandwidth, samples)
+        return threshold_to_sparsity(self.threshold, z, samples, h)
+
+    def max_threshold(self, weight: torch.Tensor) -> float:
+        """Largest useful threshold: just below the layer's largest normalised magnitude."""
+        return float(self.normalised(weight).abs().max()) * (1.0 - 1e-6)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"threshold": self.threshold.detach().clone(), "scale": self.scale.clone()}

@@ -1,0 +1,19 @@
+"""Sparsifier registry: one file per method plus one line in ``SPARSIFIERS``."""
+
+from __future__ import annotations
+
+from pts_hf.sparsifiers.base import PTSSparsifier
+from pts_hf.sparsifiers.magnitude import MagnitudeConfig, MagnitudeSparsifier
+
+__all__ = ["SPARSIFIERS", "MagnitudeConfig", "MagnitudeSparsifier", "PTSSparsifier", "get_sparsifier_class"]
+
+SPARSIFIERS: dict[str, type[PTSSparsifier]] = {
+    MagnitudeSparsifier.method: MagnitudeSparsifier,
+}
+
+
+def get_sparsifier_class(method: str) -> type[PTSSparsifier]:
+    key = method.lower() if isinstance(method, str) else method
+    if key not in SPARSIFIERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(SPARSIFIERS)}")
+    return SPARSIFIERS[key]
