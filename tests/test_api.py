@@ -100,7 +100,7 @@ def test_no_targets_and_empty_data():
     model = small_cnn()
     before = copy.deepcopy(model)
     for empty in ([], iter([]), torch.empty(0, 3, 16, 16), None):
-        with pytest.raises(ValueError, match="empty|needs calibration data"):
+        with pytest.raises(ValueError, match=r"empty|needs calibration data"):
             pts_hf.sparsify(model, empty, sparsity=0.5, inplace=True)
     assert _same(model, before)
     # without BN re-estimation magnitude pruning needs no data

@@ -68,7 +68,7 @@ def test_prepare_twice_does_not_stack_and_restores_dense(method):
 
 
 def test_state_dict_round_trip_keeps_masks_and_learned_parameters(method):
-    model, sp = _prepared(method)
+    _model, sp = _prepared(method)
     sp.step()
     with torch.no_grad():  # make the state non-trivial
         for g in sp.groups:
@@ -113,7 +113,7 @@ def test_squash_mask_leaves_plain_sparse_weights(method):
 
 
 def test_lambda_scheduler_drives_sparsity_level(method):
-    model, sp = _prepared(method)
+    _model, sp = _prepared(method)
     base = [g["sparsity_level"] for g in sp.groups]
     scheduler = LambdaSL(sp, lambda epoch: min(1.0, 0.5 + 0.25 * epoch))
     assert [g["sparsity_level"] for g in sp.groups] == pytest.approx([b * 0.5 for b in base])
