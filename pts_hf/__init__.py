@@ -7,6 +7,8 @@ from pts_hf.api import SparsifyResult, sparsify
 from pts_hf.config import SparsityConfig
 from pts_hf.sparsifiers import (
     SPARSIFIERS,
+    FCPTSConfig,
+    FCPTSSparsifier,
     MagnitudeConfig,
     MagnitudeSparsifier,
     PTSSparsifier,
@@ -17,6 +19,8 @@ from pts_hf.version import __version__
 
 __all__ = [
     "SPARSIFIERS",
+    "FCPTSConfig",
+    "FCPTSSparsifier",
     "MagnitudeConfig",
     "MagnitudeSparsifier",
     "PTSSparsifier",

@@ -11,12 +11,13 @@ import dataclasses
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pts_hf.version import CONFIG_VERSION, __version__
 
-__all__ = ["SparsityConfig", "help_field"]
+__all__ = ["DistillationConfig", "SparsityConfig", "help_field"]
 
 
 def help_field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -122,3 +123,69 @@ class SparsityConfig:
                 f"{sorted(cls.field_names() - {'version'})}"
             )
         return cls(**options)
+
+
+_CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "reconstruction": ("auto", "kl", "mse"),
+    "teacher_mode": ("eval", "train"),
+    "student_bn": ("train", "eval"),
+    "mixed_precision": ("no", "fp16", "bf16"),
+}
+
+
+@dataclass
+class DistillationConfig(SparsityConfig):
+    """Options of the calibration loop shared by the learned methods (student vs frozen dense teacher)."""
+
+    steps: int = help_field(500, "Optimisation steps (batches) of the calibration loop.")
+    lr: float = help_field(0.01, "Learning rate for the model's weights (and BatchNorm / LayerNorm parameters).")
+    optimizer: str = help_field("sgd", "Optimizer for the weights: 'sgd' (momentum 0.9) or 'adamw'.")
+    weight_decay: float = help_field(0.0, "Weight decay on the weights.")
+    warmup_steps: int = help_field(0, "Linear learning-rate warm-up steps before the cosine decay.")
+    train_weights: bool = help_field(True, "Fine-tune the weights too (False: only the method's own parameters).")
+    temperature: float = help_field(4.0, "Distillation temperature for the KL on logits.")
+    reconstruction: str = help_field(
+        "auto", "'kl' on logits, 'mse' on features, or 'auto' (KL for logits, MSE for hidden states)."
+    )
+    loss_fn: Callable[[Any, Any], Any] | None = help_field(
+        None, "Optional loss_fn(student_output, teacher_output) replacing the reconstruction loss (not saved)."
+    )
+    teacher_mode: str = help_field("eval", "Dense teacher in 'eval' mode, or 'train' (BatchNorm batch statistics, "
+                                   "as the released FCPTS/UniPTS code).")
+    student_bn: str = help_field("train", "Student BatchNorm during the loop: 'train' (batch statistics) or 'eval'.")
+    bn_recalibration: bool = help_field(True, "Re-estimate BatchNorm statistics on the calibration data at the end.")
+    max_grad_norm: float | None = help_field(None, "Clip the gradient norm of the weights (None = no clipping).")
+    mixed_precision: str = help_field("no", "accelerate mixed precision: 'no', 'fp16' or 'bf16'.")
+    gradient_accumulation_steps: int = help_field(1, "Batches per optimizer step (through accelerate).")
+    progress: bool = help_field(True, "Show a tqdm progress bar with the loss and the current global sparsity.")
+
+    def validate(self) -> None:
+        super().validate()
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("steps", "gradient_accumulation_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        if not self.lr >= 0 or not self.weight_decay >= 0:
+            raise ValueError("lr and weight_decay must be ≥ 0")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise TypeError("loss_fn must be callable")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["loss_fn"] = None if self.loss_fn is None else getattr(self.loss_fn, "__qualname__", repr(self.loss_fn))
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
+        data = dict(data)
+        if not callable(data.get("loss_fn")):
+            data["loss_fn"] = None  # a saved loss_fn is only its name
+        return super().from_dict(data)

@@ -26,7 +26,9 @@ class PTSParametrization(nn.Module):
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
             cur = getattr(self, k)
-            if isinstance(cur, nn.Parameter):
+            if cur is None:  # optional buffer that is unset here
+                setattr(self, k, v.detach().clone())
+            elif isinstance(cur, nn.Parameter):
                 with torch.no_grad():
                     cur.copy_(v)
             else:
@@ -87,6 +89,7 @@ class ThresholdMask(PTSParametrization):
         n = w.numel()
         idx = torch.randperm(n, generator=generator)[: min(kde_samples, n)] if kde_samples < n else torch.arange(n)
         self.register_buffer("kde_index", idx.to(weight.device))
+        self.register_buffer("frozen_mask", None)
         self.ste = bool(ste)
         self.ste_width = float(ste_width)
         self.bandwidth = bandwidth
@@ -95,9 +98,17 @@ class ThresholdMask(PTSParametrization):
         return weight.detach().float() / self.scale.float()
 
     def current_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.frozen_mask is not None:
+            return self.frozen_mask
         return self.normalised(weight).abs() > self.threshold.detach()
 
+    def freeze(self, mask: torch.Tensor | None) -> None:
+        """Pin the mask (e.g. after the exact projection); ``None`` goes back to the threshold."""
+        self.frozen_mask = None if mask is None else mask.detach().to(torch.bool)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.frozen_mask is not None:
+            return weight * self.frozen_mask
         z = self.normalised(weight).abs()
         hard = (z > self.threshold.detach()).to(weight.dtype)
         if self.ste and torch.is_grad_enabled() and self.threshold.requires_grad:
@@ -117,4 +128,7 @@ class ThresholdMask(PTSParametrization):
         return float(self.normalised(weight).abs().max()) * (1.0 - 1e-6)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"threshold": self.threshold.detach().clone(), "scale": self.scale.clone()}
+        state = {"threshold": self.threshold.detach().clone(), "scale": self.scale.clone()}
+        if self.frozen_mask is not None:
+            state["frozen_mask"] = self.frozen_mask.clone()
+        return state

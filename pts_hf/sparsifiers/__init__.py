@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from pts_hf.sparsifiers.base import PTSSparsifier
+from pts_hf.sparsifiers.fcpts import FCPTSConfig, FCPTSSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeConfig, MagnitudeSparsifier
 
-__all__ = ["SPARSIFIERS", "MagnitudeConfig", "MagnitudeSparsifier", "PTSSparsifier", "get_sparsifier_class"]
+__all__ = [
+    "SPARSIFIERS",
+    "FCPTSConfig",
+    "FCPTSSparsifier",
+    "MagnitudeConfig",
+    "MagnitudeSparsifier",
+    "PTSSparsifier",
+    "get_sparsifier_class",
+]
 
 SPARSIFIERS: dict[str, type[PTSSparsifier]] = {
     MagnitudeSparsifier.method: MagnitudeSparsifier,
+    FCPTSSparsifier.method: FCPTSSparsifier,
 }
 
 

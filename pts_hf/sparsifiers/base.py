@@ -109,6 +109,7 @@ class PTSSparsifier(BaseSparsifier):
         check_finite_weights(targets)
         for t in targets:
             self._drop_existing(t)
+        self._before_parametrize(model)
         levels = self._allocate(targets, [extra.get("sparsity_level") for _, extra in pairs])
         self.model = model
         self.config = [{"tensor_fqn": t.tensor_fqn, **extra} for t, extra in pairs]
@@ -122,6 +123,9 @@ class PTSSparsifier(BaseSparsifier):
             del group["generator"]
             parametrize.register_parametrization(t.module, t.tensor_name, p)
             self.groups.append(group)
+
+    def _before_parametrize(self, model: nn.Module) -> None:
+        """Hook: the model is dense again here, just before the masks go on (e.g. to copy a teacher)."""
 
     @staticmethod
     def _drop_existing(t: Target) -> None:

@@ -1,0 +1,105 @@
+"""Losses: picking the comparable tensor out of a model's output, distillation, feature reconstruction, and the
+FCPTS control loss. Pure functions over tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "OutputKind",
+    "control_loss",
+    "extract_output",
+    "feature_mse",
+    "kl_distillation",
+    "reconstruction_loss",
+]
+
+OutputKind = str  # "logits" | "features"
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def extract_output(output: Any) -> tuple[torch.Tensor, OutputKind]:
+    """The tensor to compare and whether it holds class logits.
+
+    A tensor is used as is (logits if 2-D ``[batch, classes]``); a HF ``ModelOutput`` or dict gives ``logits``,
+    else ``last_hidden_state`` (features), else its first tensor; a tuple/list gives its first tensor.
+    """
+    if isinstance(output, torch.Tensor):
+        return output, ("logits" if output.ndim == 2 else "features")
+    for key, kind in (("logits", "logits"), ("last_hidden_state", "features")):
+        value = output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return value, kind
+    t = _first_tensor(output)
+    if t is None:
+        raise TypeError(
+            f"cannot compare model outputs of type {type(output).__name__}: no tensor found in it; return a tensor, "
+            "a dict / ModelOutput with 'logits' or 'last_hidden_state', or pass loss_fn="
+        )
+    return t, ("logits" if t.ndim == 2 else "features")
+
+
+def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(teacher/T) ‖ softmax(student/T)) · T², averaged over every position but the class dim."""
+    t = teacher.detach().float() / temperature
+    s = student.float() / temperature
+    log_p_t = F.log_softmax(t, dim=-1)
+    log_p_s = F.log_softmax(s, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+    return kl.mean() * temperature**2
+
+
+def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, normalised by the teacher's mean square so its scale is model-independent."""
+    t = teacher.detach().float()
+    return F.mse_loss(student.float(), t) / t.pow(2).mean().clamp_min(1e-12)
+
+
+def reconstruction_loss(
+    student_output: Any,
+    teacher_output: Any,
+    kind: str = "auto",
+    temperature: float = 1.0,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Compare a sparse model's output with the dense one's: KL on logits, normalised MSE on features, or a
+    user ``loss_fn(student_output, teacher_output)`` on the raw outputs."""
+    if loss_fn is not None:
+        return loss_fn(student_output, teacher_output)
+    s, s_kind = extract_output(student_output)
+    t, _ = extract_output(teacher_output)
+    if s.shape != t.shape:
+        raise ValueError(f"student output shape {tuple(s.shape)} differs from the teacher's {tuple(t.shape)}")
+    use = s_kind if kind == "auto" else kind
+    if use == "kl":
+        use = "logits"
+    if use == "mse":
+        use = "features"
+    if use == "logits":
+        return kl_distillation(s, t, temperature)
+    if use == "features":
+        return feature_mse(s, t)
+    raise ValueError(f"unknown reconstruction kind {kind!r}; use 'auto', 'kl' or 'mse'")
+
+
+def control_loss(sparsities: Sequence[torch.Tensor], numels: Sequence[int], target: float) -> torch.Tensor:
+    """FCPTS eq. 3: | Σ r_i N_i / Σ N_i − r0 |."""
+    total = float(sum(numels))
+    global_r = sum(r * (n / total) for r, n in zip(sparsities, numels))
+    return (global_r - target).abs()

@@ -1,0 +1,148 @@
+"""The calibration loop: a sparse student against a frozen dense teacher, through ``accelerate``.
+
+The loop knows nothing about a method's maths: it asks the sparsifier for its extra parameters
+(``extra_param_groups``), its loss (``compute_loss``) and calls its ``step()`` after each optimizer step,
+exactly as a user's own torch.ao-style loop would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from pts_hf.calibration import CalibrationData, forward_batch, recalibrate_batchnorm
+from pts_hf.config import DistillationConfig
+
+if TYPE_CHECKING:
+    from pts_hf.sparsifiers.base import PTSSparsifier
+
+__all__ = ["cosine_with_warmup", "run_distillation", "set_student_mode"]
+
+logger = logging.getLogger("pts_hf")
+
+
+def cosine_with_warmup(steps: int, warmup: int):
+    """LR multiplier: linear warm-up, then cosine decay to 0 at ``steps``."""
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return fn
+
+
+def set_student_mode(model: nn.Module, bn_mode: str) -> None:
+    """Everything in eval (no dropout: the comparison with the teacher stays deterministic) except, with
+    ``bn_mode='train'``, BatchNorm layers, which then normalise with batch statistics."""
+    model.eval()
+    if bn_mode == "train":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+
+
+def _make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _sharded(data: CalibrationData, index: int, count: int):
+    """Cycle over the batches, each process taking every ``count``-th one."""
+    while True:
+        for i, batch in enumerate(data):
+            if i % count == index:
+                yield batch
+
+
+def run_distillation(
+    sparsifier: PTSSparsifier,
+    model: nn.Module,
+    teacher: nn.Module,
+    data: CalibrationData,
+    accelerator: Any,
+    config: DistillationConfig,
+) -> dict[str, Any]:
+    """Optimise ``model`` (prepared by ``sparsifier``) to match ``teacher`` on ``data`` for ``config.steps``."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    n_batches = len(data)
+    if n_batches * 10 < config.steps:
+        warnings.warn(
+            f"calibration data holds {n_batches} batches for {config.steps} steps: each batch is seen "
+            f"{config.steps / n_batches:.0f} times; more calibration data would generalise better",
+            stacklevel=3,
+        )
+    extra_groups = sparsifier.extra_param_groups()
+    extra_ids = {id(p) for g in extra_groups for p in g["params"]}
+    weight_params = [p for p in model.parameters() if p.requires_grad and id(p) not in extra_ids]
+    if not config.train_weights:
+        for p in weight_params:
+            p.requires_grad_(False)
+        weight_params = []
+    optimizers, schedulers = [], []
+    lr_fn = cosine_with_warmup(config.steps, config.warmup_steps)
+    if weight_params:
+        optimizers.append(_make_optimizer(config.optimizer, weight_params, config.lr, config.weight_decay))
+    if extra_groups:
+        optimizers.append(torch.optim.Adam(extra_groups))
+    for opt in optimizers:
+        schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt, lr_fn))
+
+    teacher.requires_grad_(False)
+    teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
+    prepared = accelerator.prepare(model, *optimizers)
+    wrapped, optimizers = prepared[0], list(prepared[1:])
+    device = accelerator.device
+    if config.teacher_mode == "train":
+        set_student_mode(teacher, "train")
+    else:
+        teacher.eval()
+    set_student_mode(wrapped, config.student_bn)
+
+    history: list[dict[str, float]] = []
+    batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
+    bar = tqdm(range(config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
+               disable=not (config.progress and accelerator.is_main_process), leave=False)
+    for step in bar:
+        batch = next(batches)
+        with accelerator.accumulate(wrapped):
+            with accelerator.autocast():
+                with torch.no_grad():
+                    teacher_out = forward_batch(teacher, batch, device)
+                student_out = forward_batch(wrapped, batch, device)
+                loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps)
+            accelerator.backward(loss)
+            if config.max_grad_norm is not None and weight_params and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(weight_params, config.max_grad_norm)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                for sch in schedulers:
+                    sch.step()
+                sparsifier.step()
+        logs = {"step": step, "loss": float(loss.detach()), **logs}
+        history.append(logs)
+        if step % 10 == 0 or step == config.steps - 1:
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", sparsity=f"{logs.get('sparsity', float('nan')):.4f}")
+    bar.close()
+    model = accelerator.unwrap_model(wrapped)
+    model.eval()
+    return {"history": history, "steps": config.steps, "calibration_batches": n_batches}
+
+
+def finish_batchnorm(model: nn.Module, data: CalibrationData, accelerator: Any, config: DistillationConfig) -> int:
+    """Final BatchNorm re-estimation on the calibration data (when configured)."""
+    if not config.bn_recalibration:
+        return 0
+    device = next(model.parameters()).device
+    return recalibrate_batchnorm(model, data, device=device, seed=config.seed, accelerator=accelerator)
