@@ -1,0 +1,144 @@
+"""Benchmark: every method variant x sparsity on the bundled Fashion-MNIST models.
+
+Same calibration set (seeded draw from the training split), same evaluation (full 10k test split) for every run.
+Writes the raw results to ``benchmarks/<tag>.json`` and a markdown table into ``BENCHMARKS.md`` between
+``<!-- bench:<tag> -->`` markers (other tables are kept).
+
+    python examples/benchmark.py                                  # everything (slow on 2 CPU cores)
+    python examples/benchmark.py --variants fcpts --sparsities 0.9 --tag quick   # one method, one level
+
+A variant is ``method[:key=value,...]`` with the method's options, e.g. ``magnitude:allocation=l2norm`` or
+``fcpts:threshold_grad=control``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import pts_hf
+from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
+from pts_hf.models import load_bundled
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VARIANTS = ["magnitude:allocation=l2norm", "magnitude:allocation=erk", "magnitude:allocation=lamp", "fcpts"]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    method, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, raw = item.partition("=")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return method, options
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    calib = calibration_subset(train, args.calib, seed=args.seed).tensors[0]
+    if args.eval_samples:
+        test = calibration_subset(test, args.eval_samples, seed=0)
+    rows = []
+    for model_name in args.models:
+        dense = load_bundled(model_name)
+        dense_top1 = evaluate_top1(dense, test)
+        rows.append({"model": model_name, "variant": "dense", "sparsity": 0.0, "achieved": 0.0, "top1": dense_top1,
+                     "seconds": 0.0})
+        print(f"{model_name}: dense top-1 {dense_top1:.2f}%", flush=True)
+        for variant in args.variants:
+            method, options = parse_variant(variant)
+            if args.steps and method != "magnitude":
+                options.setdefault("steps", args.steps)
+            for s in args.sparsities:
+                seeds = []
+                for seed in range(args.seed, args.seed + args.repeats):
+                    r = pts_hf.sparsify(dense, calib, method=method, sparsity=s, seed=seed,
+                                        **{"progress": False, **options} if method != "magnitude" else options)
+                    seeds.append((evaluate_top1(r.model, test), r.global_sparsity, r.seconds))
+                top1 = statistics.median(x[0] for x in seeds)
+                row = {"model": model_name, "variant": variant, "sparsity": s, "achieved": seeds[0][1],
+                       "top1": top1, "top1_all": [x[0] for x in seeds],
+                       "seconds": statistics.median(x[2] for x in seeds)}
+                rows.append(row)
+                print(f"  {variant:<40} {s:.2f}  achieved {row['achieved']:.5f}  top-1 {top1:6.2f}%  "
+                      f"{row['seconds']:7.1f}s", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    levels = sorted({r["sparsity"] for r in rows if r["variant"] != "dense"})
+    lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; date {meta['date']}; "
+             f"{meta['calib']} calibration images (seed {meta['seed']}), evaluation on {meta['eval']} test images; "
+             f"top-1 % (median of {meta['repeats']} seed(s)), seconds per run in brackets.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        lines.append(f"**{model}**\n")
+        lines.append("| variant | " + " | ".join(f"{s:.0%}" for s in levels) + " |")
+        lines.append("| --- |" + " --- |" * len(levels))
+        dense = next(r for r in mine if r["variant"] == "dense")
+        lines.append(f"| dense | {dense['top1']:.2f} |" + " |" * (len(levels) - 1))
+        for variant in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "dense"):
+            cells = []
+            for s in levels:
+                r = next((x for x in mine if x["variant"] == variant and x["sparsity"] == s), None)
+                cells.append("" if r is None else f"{r['top1']:.2f} ({r['seconds']:.0f}s)")
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        worst = max(abs(r["achieved"] - r["sparsity"]) for r in mine if r["variant"] != "dense")
+        lines.append(f"\nLargest |achieved − target| sparsity: {worst:.2e}\n")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, tag: str, text: str) -> None:
+    start, end = f"<!-- bench:{tag} -->", f"<!-- /bench:{tag} -->"
+    block = f"{start}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old:
+        old = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    else:
+        old = old.rstrip() + f"\n\n{block}\n"
+    path.write_text(old)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet20-fmnist"])
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.8, 0.9, 0.95])
+    p.add_argument("--calib", type=int, default=1024, help="calibration images")
+    p.add_argument("--steps", type=int, help="override the learned methods' steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="seeds per cell (median reported)")
+    p.add_argument("--eval-samples", type=int, help="evaluate on a seeded subset (default: all 10k)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", default="main", help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    start = time.time()
+    rows = run(args)
+    meta = {"command": "python examples/benchmark.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()}, {args.threads} CPU thread(s), torch {torch.__version__}",
+            "date": dt.date.today().isoformat(), "calib": args.calib, "seed": args.seed, "repeats": args.repeats,
+            "eval": args.eval_samples or 10000, "total_seconds": round(time.time() - start, 1)}
+    text = markdown(rows, meta)
+    print(text)
+    if not args.no_write:
+        (ROOT / "benchmarks").mkdir(exist_ok=True)
+        (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The ``pts-hf`` command line: ``sparsify``, ``evaluate`` and ``inspect``.
+
+Bad input (unknown model or data, missing folder, non-empty output without ``--overwrite``, a model whose input
+does not fit the data, invalid options) prints one line ``pts-hf: error: ...`` and exits with code 2, having
+written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_MODEL = "resnet20-fmnist"
+DEFAULT_DATA = "fashion-mnist"
+
+
+class CLIError(Exception):
+    """Reported as one line on stderr, exit code 2."""
+
+
+def _sparsity(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {v}")
+    return v
+
+
+def _option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pts_hf.sparsifiers import SPARSIFIERS
+
+    parser = argparse.ArgumentParser(prog="pts-hf", description="Post-training sparsity for PyTorch / HF models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sparsify,evaluate,inspect}")
+
+    sp = sub.add_parser(
+        "sparsify", help="sparsify a model on calibration data",
+        description="Sparsify MODEL to an exact global sparsity using unlabeled calibration images from DATA. "
+                    f"With neither --model nor --data it runs the embedded default: the bundled {DEFAULT_MODEL} on "
+                    "Fashion-MNIST at 90%% with FCPTS, and prints dense vs sparse test accuracy.")
+    sp.add_argument("--model", help="bundled name (resnet20-fmnist, vit-fmnist), a folder (HF config.json or a "
+                                    "pts-hf output), or a timm model name (pretrained weights need internet)")
+    sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
+                                   "folder / Hub name with an image column")
+    sp.add_argument("--method", default="fcpts", choices=sorted(SPARSIFIERS), help="sparsification method")
+    sp.add_argument("--sparsity", type=_sparsity, default=0.9, help="global target sparsity in [0, 1)")
+    sp.add_argument("--allocation", default="erk", help="(initial) per-layer allocation: uniform, erk, lamp, "
+                                                         "l2norm, global")
+    sp.add_argument("--calib-samples", type=_positive, default=1024,
+                    help="calibration images drawn (seeded) from the training split")
+    sp.add_argument("--steps", type=_positive, help="optimisation steps (learned methods; default: the method's)")
+    sp.add_argument("--batch-size", type=_positive, default=64, help="calibration batch size")
+    sp.add_argument("--seed", type=int, default=0, help="seed for sampling and training")
+    sp.add_argument("--eval", action="store_true", help="report dense and sparse top-1 on the test split")
+    sp.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
+    sp.add_argument("--output", type=Path, help="write model weights, report.json and allocation.png here")
+    sp.add_argument("--overwrite", action="store_true", help="allow a non-empty --output folder to be replaced")
+    sp.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="a method option (JSON value), e.g. --option threshold_lr=0.02; repeatable")
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    ev = sub.add_parser("evaluate", help="top-1 accuracy of a (sparse) model",
+                        description="Top-1 accuracy and global sparsity of MODEL on DATA's test split.")
+    ev.add_argument("--model", required=True, help="a pts-hf output folder, HF folder, bundled or timm name")
+    ev.add_argument("--data", default=DEFAULT_DATA, help="as for sparsify (default: fashion-mnist)")
+    ev.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
+    ev.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
+
+    ins = sub.add_parser("inspect", help="per-layer sparsity table of a pts-hf output folder",
+                         description="Print the per-layer table of DIR's report.json (or, without one, the "
+                                     "sparsity measured in DIR's safetensors weights).")
+    ins.add_argument("dir", type=Path, help="a folder written by pts-hf sparsify")
+    return parser
+
+
+def _check_output(path: Path | None, overwrite: bool) -> None:
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--output {str(path)!r} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CLIError(f"--output {str(path)!r} exists and is not empty; pass --overwrite to replace it")
+
+
+def _check_fits(model: Any, x: Any) -> None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(x[:2])
+    except Exception as e:
+        raise CLIError(f"the model's input does not fit the data (input shape {tuple(x.shape[1:])}): "
+                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def _top1(model: Any, dataset: Any, batch_size: int) -> float:
+    from pts_hf.data import evaluate_top1
+
+    return evaluate_top1(model, dataset, batch_size=batch_size)
+
+
+def _save_model(loaded: Any, model: Any, folder: Path) -> None:
+    if loaded.kind == "hf":
+        model.save_pretrained(folder)
+        return
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
+
+
+def cmd_sparsify(args: argparse.Namespace) -> int:
+    import torch
+
+    import pts_hf
+    from pts_hf.report import format_layer_table, make_report, plot_allocation, write_json_atomic
+    from pts_hf.sources import check_data_spec, load_images, resolve_model
+
+    if (args.model is None) != (args.data is None):
+        raise CLIError("give both --model and --data, or neither for the embedded default")
+    embedded = args.model is None
+    if embedded:
+        args.model, args.data, args.eval = DEFAULT_MODEL, DEFAULT_DATA, True
+    _check_output(args.output, args.overwrite)
+    check_data_spec(args.data)
+    options = dict(args.option)
+    if args.steps is not None:
+        options["steps"] = args.steps
+    if args.no_progress:
+        options.setdefault("progress", False)
+    cls = pts_hf.get_sparsifier_class(args.method)
+    try:  # every option checked before anything is loaded
+        cls.config_class.from_options(sparsity=args.sparsity, allocation=args.allocation, seed=args.seed,
+                                      batch_size=args.batch_size, **options)
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from e
+    if "progress" not in cls.config_class.field_names():
+        options.pop("progress", None)
+
+    loaded = resolve_model(args.model)
+    calib = load_images(args.data, "train", loaded.inputs, n=args.calib_samples, seed=args.seed)
+    images = calib.tensors[0]
+    _check_fits(loaded.model, images)
+    test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples, seed=args.seed) if args.eval else None
+
+    print(f"pts-hf: {args.method} on {args.model} ({args.data}), target sparsity {args.sparsity}, "
+          f"{len(images)} calibration images", flush=True)
+    extra: dict[str, Any] = {"model": args.model, "data": args.data, "calibration_samples": len(images),
+                             "command": "pts-hf " + " ".join(sys.argv[1:])}
+    if test is not None:
+        extra["dense_top1"] = _top1(loaded.model, test, 256)
+    torch.manual_seed(args.seed)
+    result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
+                             allocation=args.allocation, seed=args.seed, batch_size=args.batch_size, **options)
+    if test is not None:
+        extra["sparse_top1"] = _top1(result.model, test, 256)
+        extra["eval_samples"] = len(test)
+    report = make_report(result, extra)
+    print(format_layer_table(report))
+    if test is not None:
+        print(f"dense top-1 {extra['dense_top1']:.2f}%  ->  sparse top-1 {extra['sparse_top1']:.2f}% at "
+              f"{result.global_sparsity:.4f} sparsity ({result.seconds:.0f} s)")
+    if args.output is not None:
+        out = args.output
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            _save_model(loaded, result.model, tmp)
+            write_json_atomic(tmp / "report.json", report)
+            plot_allocation(report, tmp / "allocation.png")
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.replace(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        print(f"wrote {out}/ (weights, report.json, allocation.png)")
+    return 0
+
+
+def _measured_sparsity(model: Any) -> float:
+    from pts_hf.api import measure_sparsity
+    from pts_hf.targets import discover_targets
+
+    return measure_sparsity(discover_targets(model))[1]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pts_hf.sources import load_images, resolve_model
+
+    loaded = resolve_model(str(args.model))
+    test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples)
+    _check_fits(loaded.model, test.tensors[0])
+    acc = _top1(loaded.model, test, args.batch_size)
+    print(f"top-1 {acc:.2f}% on {len(test)} {args.data} test images; global sparsity "
+          f"{_measured_sparsity(loaded.model):.4f}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pts_hf.report import format_layer_table
+
+    folder: Path = args.dir
+    if not folder.is_dir():
+        raise CLIError(f"{str(folder)!r} is not a folder")
+    report_path = folder / "report.json"
+    if report_path.is_file():
+        print(format_layer_table(json.loads(report_path.read_text())))
+        return 0
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise CLIError(f"{str(folder)!r} has neither report.json nor *.safetensors")
+    from safetensors.torch import load_file
+
+    zeros = total = 0
+    for f in weights:
+        for name, t in load_file(str(f)).items():
+            if t.ndim >= 2 and t.is_floating_point():
+                z = int((t == 0).sum())
+                zeros, total = zeros + z, total + t.numel()
+                print(f"{name:<60} {t.numel():>10} {z / t.numel():8.4f}")
+    print(f"{'all >=2-D weights':<60} {total:>10} {zeros / max(total, 1):8.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pts_hf.sources import SpecError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
+    except (CLIError, SpecError, FileNotFoundError) as e:
+        print(f"pts-hf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pts-hf: interrupted", file=sys.stderr)
+        return 130
+    if args.command == "sparsify":
+        print(f"done in {time.perf_counter() - start:.0f} s")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
