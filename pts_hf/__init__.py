@@ -12,6 +12,8 @@ from pts_hf.sparsifiers import (
     MagnitudeConfig,
     MagnitudeSparsifier,
     PTSSparsifier,
+    UniPTSConfig,
+    UniPTSSparsifier,
     get_sparsifier_class,
 )
 from pts_hf.targets import Target, discover_targets
@@ -27,6 +29,8 @@ __all__ = [
     "SparsifyResult",
     "SparsityConfig",
     "Target",
+    "UniPTSConfig",
+    "UniPTSSparsifier",
     "__version__",
     "discover_targets",
     "get_sparsifier_class",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "OutputKind",
+    "base_decayed_kl",
     "control_loss",
     "extract_output",
     "feature_mse",
@@ -63,6 +64,25 @@ def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: f
     log_p_s = F.log_softmax(s, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
     return kl.mean() * temperature**2
+
+
+def base_decayed_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0, tau: float = 8.0
+                    ) -> torch.Tensor:
+    """UniPTS's "base-decayed" objective, exactly as its released code computes it:
+
+    T² · mean_positions Σ_c p_t,c · (log p_t,c − log q_s,c / τ),  p_t = softmax(teacher / T), q_s = softmax(student)
+
+    i.e. the student at temperature 1 (not T) and its log-probabilities divided by τ (a change of logarithm base,
+    log_b x = ln x / ln b with ln b = τ). With τ decaying over training (τ_e = τ0·γ^e) the gradient
+    T²/τ · (softmax(student) − p_t) grows, sustaining the teacher's signal late in training. It is not a KL: it
+    is the cross-entropy of the student against the softened teacher, scaled by T²/τ, plus the teacher's
+    negative entropy (a constant); its minimum is reached at softmax(student) = p_t, which is the teacher at
+    temperature T. Plain KL (``kl_distillation``) compares both at temperature T.
+    """
+    p_t = F.softmax(teacher.detach().float() / temperature, dim=-1)
+    log_q = F.log_softmax(student.float(), dim=-1)
+    terms = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_q / tau)).sum(dim=-1)
+    return terms.mean() * temperature**2
 
 
 def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from pts_hf.ops.kde import resolve_bandwidth, threshold_to_sparsity
 
-__all__ = ["FixedMask", "PTSParametrization", "ThresholdMask"]
+__all__ = ["DynamicMask", "FixedMask", "PTSParametrization", "ThresholdMask"]
 
 
 class PTSParametrization(nn.Module):
@@ -52,6 +52,35 @@ class FixedMask(PTSParametrization):
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"mask": self.mask.clone()}
+
+
+class _SRSTE(torch.autograd.Function):
+    """w ⊙ m forward; backward: the dense gradient plus λ·(1 − m) ⊙ w (SR-STE, as UniPTS's code)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float):
+        ctx.save_for_backward(weight, mask)
+        ctx.decay = decay
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, mask = ctx.saved_tensors
+        return grad + ctx.decay * (~mask).to(weight.dtype) * weight, None, None
+
+
+class DynamicMask(FixedMask):
+    """A mask the sparsifier recomputes from |W| during training; pruned weights keep receiving (straight-through)
+    gradients so they can grow back, with the SR-STE decay ``decay·(1 − m)·w`` pulling them towards zero."""
+
+    def __init__(self, mask: torch.Tensor, decay: float = 5e-5):
+        super().__init__(mask)
+        self.decay = float(decay)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return _SRSTE.apply(weight, self.mask, self.decay)
+        return weight * self.mask
 
 
 class ThresholdMask(PTSParametrization):

@@ -119,7 +119,8 @@ def run_distillation(
                 with torch.no_grad():
                     teacher_out = forward_batch(teacher, batch, device)
                 student_out = forward_batch(wrapped, batch, device)
-                loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps)
+                loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps,
+                                                     epoch=step / n_batches)
             accelerator.backward(loss)
             if config.max_grad_norm is not None and weight_params and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(weight_params, config.max_grad_norm)

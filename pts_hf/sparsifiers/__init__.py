@@ -5,6 +5,7 @@ from __future__ import annotations
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.sparsifiers.fcpts import FCPTSConfig, FCPTSSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeConfig, MagnitudeSparsifier
+from pts_hf.sparsifiers.unipts import UniPTSConfig, UniPTSSparsifier
 
 __all__ = [
     "SPARSIFIERS",
@@ -13,12 +14,15 @@ __all__ = [
     "MagnitudeConfig",
     "MagnitudeSparsifier",
     "PTSSparsifier",
+    "UniPTSConfig",
+    "UniPTSSparsifier",
     "get_sparsifier_class",
 ]
 
 SPARSIFIERS: dict[str, type[PTSSparsifier]] = {
     MagnitudeSparsifier.method: MagnitudeSparsifier,
     FCPTSSparsifier.method: FCPTSSparsifier,
+    UniPTSSparsifier.method: UniPTSSparsifier,
 }
 
 

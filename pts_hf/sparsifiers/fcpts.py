@@ -137,7 +137,7 @@ class FCPTSSparsifier(PTSSparsifier):
         return reconstruction_loss(student_output, teacher_output, kind=o.reconstruction, temperature=o.temperature,
                                    loss_fn=o.loss_fn)
 
-    def compute_loss(self, student_output: Any, teacher_output: Any, progress: float = 0.0
+    def compute_loss(self, student_output: Any, teacher_output: Any, progress: float = 0.0, epoch: float = 0.0
                      ) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction + control loss, and what to log."""
         rec = self.reconstruction_loss(student_output, teacher_output)
