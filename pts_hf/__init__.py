@@ -4,7 +4,12 @@
 """
 
 from pts_hf.api import SparsifyResult, sparsify
+from pts_hf.checkpoint import load_sparse, save_sparse
 from pts_hf.config import SparsityConfig
+from pts_hf.hub import push_to_hub
+
+# Plain `from_pretrained` restores bitmask checkpoints once transformers is imported (never imported here).
+from pts_hf.integrations.transformers_plugin import install_import_hook as _install_hook
 from pts_hf.sparsifiers import (
     SPARSIFIERS,
     FCPTSConfig,
@@ -18,6 +23,8 @@ from pts_hf.sparsifiers import (
 )
 from pts_hf.targets import Target, discover_targets
 from pts_hf.version import __version__
+
+_install_hook()
 
 __all__ = [
     "SPARSIFIERS",
@@ -34,5 +41,8 @@ __all__ = [
     "__version__",
     "discover_targets",
     "get_sparsifier_class",
+    "load_sparse",
+    "push_to_hub",
+    "save_sparse",
     "sparsify",
 ]

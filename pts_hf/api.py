@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,25 @@ class SparsifyResult:
         lines.append(f"global {self.global_sparsity:.6f} (target {self.target_sparsity}) "
                      f"method={self.method} in {self.seconds:.1f}s")
         return "\n".join(lines)
+
+    def save_pretrained(self, save_directory: str | Path, format: str = "dense",
+                        metrics: dict[str, float] | None = None) -> Path:
+        """Save the sparse model (``format="dense"``: plain ``from_pretrained`` loads it; ``"bitmask"``: compressed)
+        with a ``sparsity_config.json`` sidecar describing this run."""
+        from pts_hf.checkpoint import save_sparse
+
+        return save_sparse(self.model, save_directory, format=format, result=self, metrics=metrics)
+
+    def push_to_hub(self, repo_id: str, format: str = "dense", *, token: str | None = None,
+                    private: bool | None = None, metrics: dict[str, float] | None = None, api: Any = None) -> str:
+        """Save to a temporary folder and upload it to ``repo_id`` with a generated model card."""
+        import tempfile
+
+        from pts_hf.hub import push_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="pts_hf-push-") as tmp:
+            self.save_pretrained(tmp, format=format, metrics=metrics)
+            return push_to_hub(tmp, repo_id, token=token, private=private, api=api)
 
     def __repr__(self) -> str:
         return (f"SparsifyResult(method={self.method!r}, target={self.target_sparsity}, "
@@ -126,6 +146,9 @@ def sparsify(
         raise
     sparsifier.squash_mask()
     seconds = time.perf_counter() - start
+    if calib is not None:
+        details.setdefault("calibration_batches", len(calib))
+        details.setdefault("calibration_samples", calib.num_samples())
 
     final_targets = [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in sparsifier.groups]
     per_layer, global_s = measure_sparsity(final_targets)

@@ -108,6 +108,23 @@ class CalibrationData:
                 ) from e
             raise
 
+    def num_samples(self) -> int | None:
+        """Samples across all batches (None if a batch's size cannot be told)."""
+        if isinstance(self._source, DataLoader):
+            try:
+                return len(self._source.dataset)  # type: ignore[arg-type]
+            except TypeError:
+                return None
+        total = 0
+        for batch in self:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            if isinstance(x, Mapping):
+                x = next((v for v in x.values() if isinstance(v, torch.Tensor) and v.ndim > 0), None)
+            if not isinstance(x, torch.Tensor):
+                return None
+            total += x.shape[0]
+        return total
+
     def cycle(self) -> Iterator[Any]:
         """Batches forever, restarting the data when it runs out."""
         while True:

@@ -114,6 +114,9 @@ class ThresholdMask(PTSParametrization):
         w = weight.detach().float()
         scale = w.pow(2).mean().sqrt().clamp_min(1e-12)
         self.register_buffer("scale", scale.to(weight.dtype))
+        # t = threshold · gain: a gain > 1 gives the threshold a larger effective learning rate inside an optimizer
+        # shared with the weights (the Trainer callback); 1 everywhere else.
+        self.register_buffer("gain", torch.ones((), dtype=torch.float32, device=weight.device))
         self.threshold = nn.Parameter(torch.tensor(float(threshold), dtype=torch.float32, device=weight.device))
         n = w.numel()
         idx = torch.randperm(n, generator=generator)[: min(kde_samples, n)] if kde_samples < n else torch.arange(n)
@@ -123,13 +126,27 @@ class ThresholdMask(PTSParametrization):
         self.ste_width = float(ste_width)
         self.bandwidth = bandwidth
 
+    def value(self) -> torch.Tensor:
+        """The threshold t in normalised units (differentiable)."""
+        return self.threshold * self.gain
+
+    @torch.no_grad()
+    def set_value(self, t: float) -> None:
+        self.threshold.fill_(float(t) / float(self.gain))
+
+    @torch.no_grad()
+    def set_gain(self, gain: float) -> None:
+        t = float(self.value())
+        self.gain.fill_(float(gain))
+        self.set_value(t)
+
     def normalised(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().float() / self.scale.float()
 
     def current_mask(self, weight: torch.Tensor) -> torch.Tensor:
         if self.frozen_mask is not None:
             return self.frozen_mask
-        return self.normalised(weight).abs() > self.threshold.detach()
+        return self.normalised(weight).abs() > self.value().detach()
 
     def freeze(self, mask: torch.Tensor | None) -> None:
         """Pin the mask (e.g. after the exact projection); ``None`` goes back to the threshold."""
@@ -139,9 +156,10 @@ class ThresholdMask(PTSParametrization):
         if self.frozen_mask is not None:
             return weight * self.frozen_mask
         z = self.normalised(weight).abs()
-        hard = (z > self.threshold.detach()).to(weight.dtype)
+        t = self.value()
+        hard = (z > t.detach()).to(weight.dtype)
         if self.ste and torch.is_grad_enabled() and self.threshold.requires_grad:
-            soft = torch.sigmoid((z - self.threshold) / self.ste_width).to(weight.dtype)
+            soft = torch.sigmoid((z - t) / self.ste_width).to(weight.dtype)
             return weight * (hard + (soft - soft.detach()))
         return weight * hard
 
@@ -150,14 +168,14 @@ class ThresholdMask(PTSParametrization):
         z = self.normalised(weight).reshape(-1)
         samples = z[self.kde_index]
         h = resolve_bandwidth(self.bandwidth, samples)
-        return threshold_to_sparsity(self.threshold, z, samples, h)
+        return threshold_to_sparsity(self.value(), z, samples, h)
 
     def max_threshold(self, weight: torch.Tensor) -> float:
         """Largest useful threshold: just below the layer's largest normalised magnitude."""
         return float(self.normalised(weight).abs().max()) * (1.0 - 1e-6)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        state = {"threshold": self.threshold.detach().clone(), "scale": self.scale.clone()}
+        state = {"threshold": self.threshold.detach().clone(), "gain": self.gain.clone(), "scale": self.scale.clone()}
         if self.frozen_mask is not None:
             state["frozen_mask"] = self.frozen_mask.clone()
         return state

@@ -107,8 +107,7 @@ class FCPTSSparsifier(PTSSparsifier):
         o = self.options
         p = ThresholdMask(weight, 0.0, ste=o.threshold_grad == "ste", ste_width=o.ste_width,
                           kde_samples=o.kde_samples, bandwidth=o.bandwidth, generator=group["generator"])
-        with torch.no_grad():
-            p.threshold.fill_(_threshold_for(weight, p.scale, group["sparsity_level"]))
+        p.set_value(_threshold_for(weight, p.scale, group["sparsity_level"]))
         self.initial_layer_sparsity[group["tensor_fqn"]] = group["sparsity_level"]
         return p
 
@@ -150,7 +149,8 @@ class FCPTSSparsifier(PTSSparsifier):
         """Keep the threshold inside [0, largest normalised magnitude)."""
         for p in module.parametrizations[tensor_name]:
             if isinstance(p, ThresholdMask):
-                p.threshold.clamp_(0.0, p.max_threshold(module.parametrizations[tensor_name].original))
+                t_max = p.max_threshold(module.parametrizations[tensor_name].original)
+                p.set_value(min(max(float(p.value()), 0.0), t_max))
 
     def thresholds(self) -> dict[str, dict[str, float]]:
         """Per tensor: the learned threshold in normalised and in raw weight units."""
@@ -158,7 +158,7 @@ class FCPTSSparsifier(PTSSparsifier):
         out = {}
         for g in self.groups:
             p = self.parametrization_of(g)
-            t = float(p.threshold.detach())
+            t = float(p.value().detach())
             out[g["tensor_fqn"]] = {"normalised": t, "raw": t * float(p.scale)}
         return out
 
@@ -170,7 +170,7 @@ class FCPTSSparsifier(PTSSparsifier):
         margins = []
         for g in self.groups:
             p = self.parametrization_of(g)
-            margins.append(p.normalised(self.original_of(g)).abs() - p.threshold.detach().float())
+            margins.append(p.normalised(self.original_of(g)).abs() - p.value().detach().float())
         try:
             masks = exact_projection(margins, target, min_keep=1)
         except ValueError as e:
