@@ -201,6 +201,33 @@ def forward_batch(model: nn.Module, batch: Any, device: torch.device | str | Non
     return model(*args, **kwargs)
 
 
+def _augment_images(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    if "flip" in kind:
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+    if "crop" in kind:
+        h, w = x.shape[-2:]
+        pad = max(1, h // 16)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+        x = padded[..., dy : dy + h, dx : dx + w]
+    return x
+
+
+def augment_batch(batch: Any, kind: str | None, generator: torch.Generator) -> Any:
+    """The same batch with its image input (a float ``[B, C, H, W]`` tensor, first item of a tuple, or
+    ``pixel_values``) randomly flipped / cropped; anything else passes through unchanged."""
+    if not kind:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return _augment_images(batch, kind, generator) if batch.ndim == 4 and batch.is_floating_point() else batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return type(batch)([augment_batch(batch[0], kind, generator), *batch[1:]])
+    if isinstance(batch, Mapping) and "pixel_values" in batch:
+        return {**batch, "pixel_values": augment_batch(batch["pixel_values"], kind, generator)}
+    return batch
+
+
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 

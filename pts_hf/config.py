@@ -131,6 +131,7 @@ _CHOICES = {
     "teacher_mode": ("eval", "train"),
     "student_bn": ("train", "eval"),
     "mixed_precision": ("no", "fp16", "bf16"),
+    "augment": (None, "flip", "crop", "flip_crop"),
 }
 
 
@@ -159,6 +160,10 @@ class DistillationConfig(SparsityConfig):
     mixed_precision: str = help_field("no", "accelerate mixed precision: 'no', 'fp16' or 'bf16'.")
     gradient_accumulation_steps: int = help_field(1, "Batches per optimizer step (through accelerate).")
     progress: bool = help_field(True, "Show a tqdm progress bar with the loss and the current global sparsity.")
+    augment: str | None = help_field(
+        None, "Augment image calibration batches (teacher and student see the same view): 'flip' (horizontal), "
+        "'crop' (random crop with 1/16-size reflection padding), 'flip_crop', or None."
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -35,11 +35,16 @@ def make_report(result: Any, extra: dict[str, Any] | None = None) -> dict[str, A
             k: {"numel": result.layer_numel[k], "sparsity": v,
                 **({"initial_sparsity": details["initial_layer_sparsity"][k]}
                    if k in details.get("initial_layer_sparsity", {}) else {}),
-                **({"threshold": details["thresholds"][k]} if k in details.get("thresholds", {}) else {})}
+                **({"threshold": details["thresholds"][k]} if k in details.get("thresholds", {}) else {}),
+                **({"erk_sparsity": details["erk_layer_sparsity"][k]}
+                   if k in details.get("erk_layer_sparsity", {}) else {})}
             for k, v in result.layer_sparsity.items()
         },
         "config": result.config.to_dict(),
     }
+    for key in ("search_seconds", "search_evaluations", "search_best_fitness", "erk_fitness"):
+        if key in details:
+            report[key] = details[key]
     history = details.get("history")
     if history:
         report["history"] = history[:: max(1, len(history) // 200)]
@@ -61,8 +66,11 @@ def plot_allocation(report: dict[str, Any], path: Path, compare: dict[str, dict[
     ax.bar(xs, values, color="#4477aa", label=f"{report['method']} (global {report['global_sparsity']:.3f})")
     initial = [report["layers"][n].get("initial_sparsity") for n in names]
     series = dict(compare or {})
-    if all(v is not None for v in initial):
+    if all(v is not None for v in initial) and initial != values:
         series.setdefault("initial allocation", dict(zip(names, initial)))
+    erk = [report["layers"][n].get("erk_sparsity") for n in names]
+    if all(v is not None for v in erk):
+        series.setdefault("ERK (same target)", dict(zip(names, erk)))
     for (label, vals), color in zip(series.items(), ("#ee6677", "#228833", "#ccbb44")):
         ax.step(list(xs), [vals.get(n, float("nan")) for n in names], where="mid", color=color, label=label)
     ax.set_xticks(list(xs))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pts_hf.calibration import CalibrationData, forward_batch, recalibrate_batchnorm
+from pts_hf.calibration import CalibrationData, augment_batch, forward_batch, recalibrate_batchnorm
 from pts_hf.config import DistillationConfig
 
 if TYPE_CHECKING:
@@ -112,8 +112,9 @@ def run_distillation(
     batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
     bar = tqdm(range(config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
                disable=not (config.progress and accelerator.is_main_process), leave=False)
+    aug_gen = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
     for step in bar:
-        batch = next(batches)
+        batch = augment_batch(next(batches), config.augment, aug_gen)
         with accelerator.accumulate(wrapped):
             with accelerator.autocast():
                 with torch.no_grad():

@@ -180,3 +180,18 @@ def test_user_loop_matches_one_call_api():
     model.eval()
     for (k, a), b in zip(ref.model.state_dict().items(), model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_augmented_calibration_is_deterministic_and_keeps_shapes():
+    from pts_hf.calibration import augment_batch
+
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = augment_batch((X[:8], torch.zeros(8)), "flip_crop", g1)
+    b = augment_batch((X[:8], torch.zeros(8)), "flip_crop", g2)
+    assert a[0].shape == X[:8].shape and torch.equal(a[0], b[0]) and not torch.equal(a[0], X[:8])
+    assert augment_batch({"input_ids": torch.ones(2, 3)}, "flip", g1)["input_ids"].shape == (2, 3)
+    r1 = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.7, augment="flip_crop", **FAST)
+    r2 = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.7, augment="flip_crop", **FAST)
+    assert all(torch.equal(p, q) for p, q in zip(r1.model.parameters(), r2.model.parameters()))
+    with pytest.raises(ValueError, match="augment"):
+        pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.7, augment="rotate", **FAST)
