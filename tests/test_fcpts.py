@@ -63,9 +63,10 @@ def test_thresholds_move_and_exact_target_hit():
     assert set(r.details["thresholds"]["6.weight"]) == {"normalised", "raw"}
 
 
+@pytest.mark.parametrize("projection", ["margin", "proportional"])
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.97])
-def test_exact_target(target):
-    r = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=target, **FAST)
+def test_exact_target(target, projection):
+    r = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=target, projection=projection, **FAST)
     n = sum(r.layer_numel.values())
     zeros = sum(int((m.weight == 0).sum()) for m in r.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert zeros == round(target * n)

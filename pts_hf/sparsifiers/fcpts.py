@@ -24,8 +24,9 @@ from torch import nn
 from pts_hf.calibration import CalibrationData
 from pts_hf.config import DistillationConfig, help_field
 from pts_hf.losses import control_loss, reconstruction_loss
-from pts_hf.ops.allocation import exact_projection
+from pts_hf.ops.allocation import exact_counts, exact_projection
 from pts_hf.ops.kde import resolve_bandwidth
+from pts_hf.ops.masks import topk_mask
 from pts_hf.parametrize import PTSParametrization, ThresholdMask
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.training import finish_batchnorm, run_distillation
@@ -46,6 +47,10 @@ class FCPTSConfig(DistillationConfig):
     kde_samples: int = help_field(2048, "Weights per layer the KDE of the bridge uses (paper: 100).")
     bandwidth: float | str = help_field("silverman", "KDE bandwidth: a float (paper: 0.5) or 'silverman'/'scott'.")
     exact: bool = help_field(True, "Project the learned masks onto the exact global target at the end.")
+    projection: str = help_field(
+        "margin", "How the end projection closes the gap to the target: 'margin' (one global ranking of "
+        "|W|/scale − t) or 'proportional' (every layer keeps the same fraction of its learned density)."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -55,6 +60,8 @@ class FCPTSConfig(DistillationConfig):
             raise ValueError("threshold_lr and control_weight must be ≥ 0")
         if not self.ste_width > 0:
             raise ValueError(f"ste_width must be > 0, got {self.ste_width!r}")
+        if self.projection not in ("margin", "proportional"):
+            raise ValueError(f"projection must be 'margin' or 'proportional', got {self.projection!r}")
         if not isinstance(self.kde_samples, int) or self.kde_samples < 2:
             raise ValueError(f"kde_samples must be an integer ≥ 2, got {self.kde_samples!r}")
         resolve_bandwidth(self.bandwidth, torch.randn(8))
@@ -172,13 +179,28 @@ class FCPTSSparsifier(PTSSparsifier):
             p = self.parametrization_of(g)
             margins.append(p.normalised(self.original_of(g)).abs() - p.value().detach().float())
         try:
-            masks = exact_projection(margins, target, min_keep=1)
+            if self.options.projection == "proportional":
+                masks = self._proportional_masks(margins, target)
+            else:
+                masks = exact_projection(margins, target, min_keep=1)
         except ValueError as e:
             raise ValueError(f"target sparsity {target} cannot be reached by the {len(self.groups)} targeted "
                              f"tensor(s): {e}") from e
         for g, m in zip(self.groups, masks):
             self.parametrization_of(g).freeze(m)
         self.projected = True
+
+    @staticmethod
+    def _proportional_masks(margins: list[torch.Tensor], target: float) -> list[torch.Tensor]:
+        """Scale every layer's learned density by one factor c so the global count is exact; within a layer the
+        largest margins are kept."""
+        numels = [m.numel() for m in margins]
+        total = sum(numels)
+        kept = [max(1, int((m > 0).sum())) for m in margins]
+        c = (1.0 - target) * total / sum(kept)
+        levels = [min(max(1.0 - c * k / n, 0.0), 1.0 - 1.0 / n) for k, n in zip(kept, numels)]
+        counts = exact_counts(levels, numels, round(target * total))
+        return [topk_mask(m, n - z) for m, n, z in zip(margins, numels, counts)]
 
     def squash_mask(self, *args: Any, **kwargs: Any) -> None:
         """Project onto the exact target (unless ``exact=False`` or already projected), then squash."""
