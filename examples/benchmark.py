@@ -112,6 +112,24 @@ def write_markdown(path: Path, tag: str, text: str) -> None:
     path.write_text(old)
 
 
+def combine(args: argparse.Namespace) -> None:
+    rows, metas = [], []
+    for tag in args.combine:
+        data = json.loads((ROOT / "benchmarks" / f"{tag}.json").read_text())
+        metas.append(data["meta"])
+        for r in data["rows"]:
+            if r["variant"] == "dense" and any(x["variant"] == "dense" and x["model"] == r["model"] for x in rows):
+                continue
+            rows.append(r)
+    meta = {**metas[0], "command": " ; ".join(m["command"] for m in metas),
+            "date": max(m["date"] for m in metas)}
+    text = markdown(rows, meta)
+    print(text)
+    if not args.no_write:
+        (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20-fmnist"])
@@ -125,7 +143,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="main", help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--combine", nargs="+", metavar="TAG",
+                   help="run nothing: merge benchmarks/<TAG>.json of earlier runs into one table under --tag")
     args = p.parse_args()
+    if args.combine:
+        combine(args)
+        return
     start = time.time()
     rows = run(args)
     meta = {"command": "python examples/benchmark.py " + " ".join(sys.argv[1:]),
