@@ -122,6 +122,11 @@ def run_distillation(
                 student_out = forward_batch(wrapped, batch, device)
                 loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps,
                                                      epoch=step / n_batches)
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(
+                    f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "
+                    f"lower lr (now {config.lr}) or keep student_bn='train'"
+                )
             accelerator.backward(loss)
             if config.max_grad_norm is not None and weight_params and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(weight_params, config.max_grad_norm)

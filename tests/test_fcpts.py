@@ -196,3 +196,9 @@ def test_augmented_calibration_is_deterministic_and_keeps_shapes():
     assert all(torch.equal(p, q) for p, q in zip(r1.model.parameters(), r2.model.parameters()))
     with pytest.raises(ValueError, match="augment"):
         pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.7, augment="rotate", **FAST)
+
+
+def test_divergence_is_reported_clearly():
+    with pytest.raises(FloatingPointError, match=r"diverged.*lower lr"):
+        pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.5,
+                        loss_fn=lambda s, t: (s - t).abs().mean() * float("nan"), **FAST)
