@@ -202,3 +202,24 @@ def test_divergence_is_reported_clearly():
     with pytest.raises(FloatingPointError, match=r"diverged.*lower lr"):
         pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.5,
                         loss_fn=lambda s, t: (s - t).abs().mean() * float("nan"), **FAST)
+
+
+def test_fixed_mask_tail_projects_early_and_keeps_masks():
+    model = small_cnn()
+    sp = FCPTSSparsifier(sparsity=0.8, steps=10, fixed_mask_tail=0.5)
+    sp.prepare(model)
+    for i in range(10):
+        sp.step()
+        if i == 3:
+            assert not sp.projected
+        if i == 4:
+            assert sp.projected
+            frozen = sp.layer_sparsity()
+            with torch.no_grad():
+                for g in sp.groups:
+                    sp.parametrization_of(g).set_value(0.0)  # thresholds no longer matter
+            assert sp.layer_sparsity() == frozen
+    r = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.8, fixed_mask_tail=0.3, **FAST)
+    n = sum(r.layer_numel.values())
+    assert round(r.global_sparsity * n) == round(0.8 * n)
+    assert set(r.details["learned_layer_sparsity"]) == set(r.layer_sparsity)

@@ -47,6 +47,10 @@ class FCPTSConfig(DistillationConfig):
     kde_samples: int = help_field(2048, "Weights per layer the KDE of the bridge uses (paper: 100).")
     bandwidth: float | str = help_field("silverman", "KDE bandwidth: a float (paper: 0.5) or 'silverman'/'scott'.")
     exact: bool = help_field(True, "Project the learned masks onto the exact global target at the end.")
+    fixed_mask_tail: float = help_field(
+        0.0, "Fraction of the steps run after an early exact projection, with the masks fixed, so the weights "
+        "adapt to the final masks (0 = project after the loop)."
+    )
     projection: str = help_field(
         "margin", "How the end projection closes the gap to the target: 'margin' (one global ranking of "
         "|W|/scale − t) or 'proportional' (every layer keeps the same fraction of its learned density)."
@@ -60,6 +64,8 @@ class FCPTSConfig(DistillationConfig):
             raise ValueError("threshold_lr and control_weight must be ≥ 0")
         if not self.ste_width > 0:
             raise ValueError(f"ste_width must be > 0, got {self.ste_width!r}")
+        if not 0.0 <= self.fixed_mask_tail < 1.0:
+            raise ValueError(f"fixed_mask_tail must be in [0, 1), got {self.fixed_mask_tail!r}")
         if self.projection not in ("margin", "proportional"):
             raise ValueError(f"projection must be 'margin' or 'proportional', got {self.projection!r}")
         if not isinstance(self.kde_samples, int) or self.kde_samples < 2:
@@ -104,11 +110,14 @@ class FCPTSSparsifier(PTSSparsifier):
         self.teacher: nn.Module | None = None
         self.initial_layer_sparsity: dict[str, float] = {}
         self.projected = False
+        self.learned_before_projection: dict[str, float] = {}
+        self._step_count = 0
 
     # --- preparation ------------------------------------------------------------------------------------------
     def _before_parametrize(self, model: nn.Module) -> None:
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         self.projected = False
+        self._step_count = 0
 
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
         o = self.options
@@ -152,6 +161,15 @@ class FCPTSSparsifier(PTSSparsifier):
                                            "sparsity": current}
 
     # --- torch.ao contract ------------------------------------------------------------------------------------
+    def step(self, use_path: bool = True) -> None:
+        """Clamp thresholds; with ``fixed_mask_tail`` > 0, project onto the exact target once the tail starts."""
+        super().step(use_path)
+        self._step_count += 1
+        o = self.options
+        if o.exact and o.fixed_mask_tail > 0 and not self.projected and \
+                self._step_count >= round((1.0 - o.fixed_mask_tail) * o.steps):
+            self.project()
+
     def update_mask(self, module: nn.Module, tensor_name: str, **kwargs: Any) -> None:
         """Keep the threshold inside [0, largest normalised magnitude)."""
         for p in module.parametrizations[tensor_name]:
@@ -173,6 +191,7 @@ class FCPTSSparsifier(PTSSparsifier):
     def project(self, sparsity: float | None = None) -> None:
         """Pin masks that prune exactly ``round(sparsity·N)`` weights, ranked by |W|/scale − t across layers."""
         self._require_prepared()
+        self.learned_before_projection = self.layer_sparsity()
         target = self.target_sparsity() if sparsity is None else sparsity
         margins = []
         for g in self.groups:
@@ -219,10 +238,11 @@ class FCPTSSparsifier(PTSSparsifier):
             raise RuntimeError("FCPTSSparsifier has no teacher: call prepare(model) first")
         self._check_reachable()
         details = run_distillation(self, model, self.teacher, data, accelerator, self.options)
-        details["learned_layer_sparsity"] = self.layer_sparsity()
+        details["learned_layer_sparsity"] = self.learned_before_projection if self.projected else \
+            self.layer_sparsity()
         details["initial_layer_sparsity"] = dict(self.initial_layer_sparsity)
         details["thresholds"] = self.thresholds()
-        if self.options.exact:
+        if self.options.exact and not self.projected:
             self.project()
         details["bn_batches"] = finish_batchnorm(model, data, accelerator, self.options)
         self.teacher = None  # free the dense copy
