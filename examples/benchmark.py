@@ -67,11 +67,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for seed in range(args.seed, args.seed + args.repeats):
                     r = pts_hf.sparsify(dense, calib, method=method, sparsity=s, seed=seed,
                                         **{"progress": False, **options} if method != "magnitude" else options)
-                    seeds.append((evaluate_top1(r.model, test), r.global_sparsity, r.seconds))
+                    seeds.append((evaluate_top1(r.model, test), r.global_sparsity, r.seconds,
+                                  r.details.get("search_seconds")))
                 top1 = statistics.median(x[0] for x in seeds)
                 row = {"model": model_name, "variant": variant, "sparsity": s, "achieved": seeds[0][1],
                        "top1": top1, "top1_all": [x[0] for x in seeds],
                        "seconds": statistics.median(x[2] for x in seeds)}
+                if seeds[0][3] is not None:
+                    row["search_seconds"] = statistics.median(x[3] for x in seeds)
                 rows.append(row)
                 print(f"  {variant:<40} {s:.2f}  achieved {row['achieved']:.5f}  top-1 {top1:6.2f}%  "
                       f"{row['seconds']:7.1f}s", flush=True)
@@ -94,7 +97,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             cells = []
             for s in levels:
                 r = next((x for x in mine if x["variant"] == variant and x["sparsity"] == s), None)
-                cells.append("" if r is None else f"{r['top1']:.2f} ({r['seconds']:.0f}s)")
+                search = f", search {r['search_seconds']:.0f}s" if r and r.get("search_seconds") else ""
+                cells.append("" if r is None else f"{r['top1']:.2f} ({r['seconds']:.0f}s{search})")
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         worst = max(abs(r["achieved"] - r["sparsity"]) for r in mine if r["variant"] != "dense")
         lines.append(f"\nLargest |achieved − target| sparsity: {worst:.2e}\n")
