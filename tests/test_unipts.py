@@ -148,3 +148,13 @@ def test_model_without_batchnorm_is_fine(caplog):
     r = pts_hf.sparsify(small_cnn(bn=False), X, method="unipts", sparsity=0.5, **FAST)
     assert r.global_sparsity == pytest.approx(0.5, abs=1e-3)
     assert "no BatchNorm" in caplog.text
+
+
+def test_regrow_genes_reproduce_a_representable_allocation():
+    from pts_hf.search.evolution import regrow_genes_for
+
+    target = [0.9, 0.93, 0.87, 0.92, 0.9]
+    numels = [1000, 2000, 1000, 500, 500]
+    p = sum(s * n for s, n in zip(target, numels)) / sum(numels)
+    genes = regrow_genes_for(target, numels, p, delta=0.05)
+    assert regrow_allocation(genes, numels, p, 0.05) == pytest.approx(target, abs=1e-6)

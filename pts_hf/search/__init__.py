@@ -6,6 +6,7 @@ from pts_hf.search.evolution import (
     logit_allocation,
     logit_genes_for,
     regrow_allocation,
+    regrow_genes_for,
     run_evolution,
 )
 from pts_hf.search.fitness import MaskFitness
@@ -17,5 +18,6 @@ __all__ = [
     "logit_allocation",
     "logit_genes_for",
     "regrow_allocation",
+    "regrow_genes_for",
     "run_evolution",
 ]

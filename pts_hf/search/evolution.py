@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["GAResult", "genes_to_sparsities", "logit_allocation", "regrow_allocation", "run_evolution"]
+__all__ = [
+    "GAResult",
+    "genes_to_sparsities",
+    "logit_allocation",
+    "logit_genes_for",
+    "regrow_allocation",
+    "regrow_genes_for",
+    "run_evolution",
+]
 
 
 def regrow_allocation(genes: torch.Tensor, numels: Sequence[int], sparsity: float, delta: float,
@@ -82,6 +90,18 @@ def logit_genes_for(sparsities: Sequence[float], max_sparsity: float) -> torch.T
     """Genes of the ``logit`` space that reproduce given sparsities (to seed the population, e.g. with ERK)."""
     s = torch.tensor([min(max(v / max_sparsity, 1e-4), 1 - 1e-4) for v in sparsities], dtype=torch.float64)
     return torch.log(s / (1 - s)).float()
+
+
+def regrow_genes_for(sparsities: Sequence[float], numels: Sequence[int], sparsity: float, delta: float
+                     ) -> torch.Tensor:
+    """Genes of the ``regrow`` space closest to given sparsities (e.g. ERK): softmax(genes) ∝ the weights each
+    layer must regrow from P + δ (layers sparser than P + δ cannot be represented and regrow nothing)."""
+    regrow = torch.tensor([max(sparsity + delta - s, 0.0) * n for s, n in zip(sparsities, numels)],
+                          dtype=torch.float64)
+    if float(regrow.sum()) <= 0:
+        return torch.zeros(len(numels))
+    share = (regrow / regrow.sum()).clamp_min(1e-8)
+    return torch.log(share).float()
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pts_hf.config import DistillationConfig, help_field
 from pts_hf.losses import base_decayed_kl, extract_output, reconstruction_loss
 from pts_hf.ops.allocation import allocate
 from pts_hf.parametrize import DynamicMask, FixedMask, PTSParametrization
-from pts_hf.search import MaskFitness, genes_to_sparsities, logit_genes_for, run_evolution
+from pts_hf.search import MaskFitness, genes_to_sparsities, logit_genes_for, regrow_genes_for, run_evolution
 from pts_hf.sparsifiers.magnitude import MagnitudeSparsifier
 from pts_hf.training import finish_batchnorm, run_distillation
 
@@ -178,8 +178,12 @@ class UniPTSSparsifier(MagnitudeSparsifier):
             return genes_to_sparsities(genes, numels, o.sparsity, o.search_space, o.delta, o.max_layer_sparsity)
 
         erk = allocate("erk", [self.original_of(g) for g in self.groups], o.sparsity)
-        initial = [logit_genes_for(erk, o.max_layer_sparsity)] if o.search_space == "logit" else \
-            [torch.zeros(len(numels))]
+        # seed the population with the ERK allocation (as close as the space allows) and the uniform regrowth;
+        # with elitism the search then never ends below ERK
+        if o.search_space == "logit":
+            initial = [logit_genes_for(erk, o.max_layer_sparsity)]
+        else:
+            initial = [regrow_genes_for(erk, numels, o.sparsity, o.delta), torch.zeros(len(numels))]
         from tqdm.auto import tqdm
 
         bar = tqdm(total=o.generations, desc="unipts search", disable=not o.progress, leave=False)
