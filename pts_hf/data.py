@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from pts_hf.losses import extract_output
+
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "ENV_VAR",
@@ -223,7 +225,7 @@ def evaluate_top1(
     correct = total = 0
     try:
         for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits = model(x.to(device))
+            logits, _ = extract_output(model(x.to(device)))  # tensor, HF ModelOutput (.logits), dict or tuple
             correct += int((logits.argmax(dim=-1).cpu() == y).sum())
             total += int(y.numel())
     finally:
