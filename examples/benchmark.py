@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if seeds[0][3] is not None:
                     row["search_seconds"] = statistics.median(x[3] for x in seeds)
                 rows.append(row)
+                if not args.no_write:  # keep partial results if a long run is interrupted
+                    (ROOT / "benchmarks").mkdir(exist_ok=True)
+                    (ROOT / "benchmarks" / f"{args.tag}.partial.json").write_text(json.dumps(rows, indent=2))
                 print(f"  {variant:<40} {s:.2f}  achieved {row['achieved']:.5f}  top-1 {top1:6.2f}%  "
                       f"{row['seconds']:7.1f}s", flush=True)
     return rows
@@ -164,6 +167,7 @@ def main() -> None:
     if not args.no_write:
         (ROOT / "benchmarks").mkdir(exist_ok=True)
         (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        (ROOT / "benchmarks" / f"{args.tag}.partial.json").unlink(missing_ok=True)
         write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
 
 
