@@ -155,3 +155,15 @@ def test_remove_restores_dense(method):
     sp.remove()
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
     assert all(torch.equal(v, dense[k]) for k, v in model.state_dict().items())
+
+
+def test_squash_and_remove_keep_the_dense_parameter_order(method):
+    """A squashed model's state dict lists tensors in the dense model's order (saved files match too)."""
+    order = list(small_cnn().state_dict())
+    model, sp = _prepared(method)
+    sp.step()
+    sp.squash_mask()
+    assert list(model.state_dict()) == order
+    model, sp = _prepared(method)
+    sp.remove()
+    assert list(model.state_dict()) == order

@@ -104,6 +104,7 @@ class PTSSparsifier(BaseSparsifier):
             self.remove()
         self.groups, self.state = [], type(self.state)()
         self._squashed = False
+        self._param_order: dict[int, list[str]] = {}
         pairs = self._targets_from_config(model, config)
         targets = [t for t, _ in pairs]
         check_finite_weights(targets)
@@ -119,6 +120,7 @@ class PTSSparsifier(BaseSparsifier):
                      "module_fqn": t.module_name, "tensor_name": t.tensor_name, "sparsity_level": float(level),
                      "numel": t.numel}
             group["generator"] = gen
+            self._param_order[id(t.module)] = list(t.module._parameters)
             p = self.make_parametrization(group, t.weight)
             del group["generator"]
             parametrize.register_parametrization(t.module, t.tensor_name, p)
@@ -228,7 +230,18 @@ class PTSSparsifier(BaseSparsifier):
         self._require_prepared()
         self.final_layer_sparsity = self.layer_sparsity()
         super().squash_mask(params_to_keep, params_to_keep_per_layer, *args, **kwargs)
+        self._restore_param_order()
         self._squashed = True
+
+    def _restore_param_order(self) -> None:
+        """Removing a parametrization re-registers the weight last; put parameters back in their original order
+        so state dicts (and saved files) list tensors as the dense model did."""
+        for g in self.groups:
+            module, order = g["module"], self._param_order.get(id(g["module"]))
+            if order:
+                params = module._parameters
+                module._parameters = {**{k: params[k] for k in order if k in params},
+                                      **{k: v for k, v in params.items() if k not in order}}
 
     @torch.no_grad()
     def remove(self) -> None:
@@ -237,6 +250,7 @@ class PTSSparsifier(BaseSparsifier):
         for g in self.groups:
             if parametrize.is_parametrized(g["module"], g["tensor_name"]):
                 parametrize.remove_parametrizations(g["module"], g["tensor_name"], leave_parametrized=False)
+        self._restore_param_order()
         self.groups, self.state, self.model = [], type(self.state)(), None
 
     def state_dict(self) -> dict[str, Any]:
