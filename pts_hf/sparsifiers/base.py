@@ -13,6 +13,7 @@ What differs from torch.ao's base:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -65,6 +66,7 @@ class PTSSparsifier(BaseSparsifier):
     method: ClassVar[str] = ""
     config_class: ClassVar[type[SparsityConfig]] = SparsityConfig
     needs_data: ClassVar[bool] = False
+    keeps_teacher: ClassVar[bool] = False  # distilling methods keep a frozen dense copy made by prepare()
 
     def __init__(self, config: SparsityConfig | None = None, **options: Any):
         if config is None:
@@ -76,6 +78,7 @@ class PTSSparsifier(BaseSparsifier):
         self.options: SparsityConfig = config
         super().__init__(defaults={"sparsity_level": config.sparsity})
         self.model: nn.Module | None = None
+        self.teacher: nn.Module | None = None
         self._squashed = False
         self.final_layer_sparsity: dict[str, float] = {}
 
@@ -127,7 +130,20 @@ class PTSSparsifier(BaseSparsifier):
             self.groups.append(group)
 
     def _before_parametrize(self, model: nn.Module) -> None:
-        """Hook: the model is dense again here, just before the masks go on (e.g. to copy a teacher)."""
+        """Hook: the model is dense again here, just before the masks go on; distilling methods copy the
+        frozen dense teacher."""
+        if self.keeps_teacher:
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _teacher_and_accelerator(self, accelerator: Any) -> tuple[nn.Module, Any]:
+        """The teacher made by ``prepare`` and an accelerator (a default one if none is given)."""
+        if self.teacher is None:
+            raise RuntimeError(f"{type(self).__name__} has no teacher: call prepare(model) first")
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        return self.teacher, accelerator
 
     @staticmethod
     def _drop_existing(t: Target) -> None:

@@ -14,7 +14,6 @@ Paper vs released code, and what we do (switches in :class:`FCPTSConfig`):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -104,10 +103,10 @@ class FCPTSSparsifier(PTSSparsifier):
     method: ClassVar[str] = "fcpts"
     config_class: ClassVar[type[FCPTSConfig]] = FCPTSConfig
     needs_data: ClassVar[bool] = True
+    keeps_teacher: ClassVar[bool] = True
 
     def __init__(self, config: FCPTSConfig | None = None, **options: Any):
         super().__init__(config, **options)
-        self.teacher: nn.Module | None = None
         self.initial_layer_sparsity: dict[str, float] = {}
         self.projected = False
         self.learned_before_projection: dict[str, float] = {}
@@ -115,7 +114,7 @@ class FCPTSSparsifier(PTSSparsifier):
 
     # --- preparation ------------------------------------------------------------------------------------------
     def _before_parametrize(self, model: nn.Module) -> None:
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        super()._before_parametrize(model)
         self.projected = False
         self._step_count = 0
 
@@ -230,14 +229,9 @@ class FCPTSSparsifier(PTSSparsifier):
 
     # --- one-call API -----------------------------------------------------------------------------------------
     def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
-        if accelerator is None:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator()
-        if self.teacher is None:
-            raise RuntimeError("FCPTSSparsifier has no teacher: call prepare(model) first")
+        teacher, accelerator = self._teacher_and_accelerator(accelerator)
         self._check_reachable()
-        details = run_distillation(self, model, self.teacher, data, accelerator, self.options)
+        details = run_distillation(self, model, teacher, data, accelerator, self.options)
         details["learned_layer_sparsity"] = self.learned_before_projection if self.projected else \
             self.layer_sparsity()
         details["initial_layer_sparsity"] = dict(self.initial_layer_sparsity)

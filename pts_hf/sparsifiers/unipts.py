@@ -13,7 +13,6 @@ Released code vs ours (switches in :class:`UniPTSConfig`):
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -114,17 +113,17 @@ class UniPTSSparsifier(MagnitudeSparsifier):
     method: ClassVar[str] = "unipts"
     config_class: ClassVar[type[UniPTSConfig]] = UniPTSConfig
     needs_data: ClassVar[bool] = True
+    keeps_teacher: ClassVar[bool] = True
 
     def __init__(self, config: UniPTSConfig | None = None, **options: Any):
         super().__init__(config, **options)
-        self.teacher: nn.Module | None = None
         self._steps = 0
 
     def requires_data(self) -> bool:
         return True
 
     def _before_parametrize(self, model: nn.Module) -> None:
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        super()._before_parametrize(model)
         self._steps = 0
 
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
@@ -208,19 +207,14 @@ class UniPTSSparsifier(MagnitudeSparsifier):
 
     # --- one-call API -----------------------------------------------------------------------------------------
     def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
-        if accelerator is None:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator()
-        if self.teacher is None:
-            raise RuntimeError("UniPTSSparsifier has no teacher: call prepare(model) first")
+        teacher, accelerator = self._teacher_and_accelerator(accelerator)
         details: dict[str, Any] = {}
         if self.options.search:
             details.update(self.search_allocation(model, data))
         details["initial_layer_sparsity"] = {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}
         self._steps = 0
         self.step()
-        details.update(run_distillation(self, model, self.teacher, data, accelerator, self.options))
+        details.update(run_distillation(self, model, teacher, data, accelerator, self.options))
         self.enable_mask_update = True
         super(MagnitudeSparsifier, self).step()  # final masks: exact counts from the trained |W|
         details["bn_batches"] = finish_batchnorm(model, data, accelerator, self.options)
