@@ -64,6 +64,15 @@ def _split_along_batch(data: torch.Tensor | Mapping, batch_size: int) -> list[An
             for i in range(0, n, batch_size)]
 
 
+def batch_size_of(batch: Any) -> int | None:
+    """Samples in one batch: the leading dim of its input tensor (first item of a tuple, first batched tensor of
+    a dict); None when there is no such tensor."""
+    x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if isinstance(x, Mapping):
+        x = next((v for v in x.values() if isinstance(v, torch.Tensor) and v.ndim > 0), None)
+    return x.shape[0] if isinstance(x, torch.Tensor) and x.ndim > 0 else None
+
+
 class CalibrationData:
     """A re-iterable, non-empty view of the user's calibration data as batches."""
 
@@ -117,12 +126,10 @@ class CalibrationData:
                 return None
         total = 0
         for batch in self:
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            if isinstance(x, Mapping):
-                x = next((v for v in x.values() if isinstance(v, torch.Tensor) and v.ndim > 0), None)
-            if not isinstance(x, torch.Tensor):
+            size = batch_size_of(batch)
+            if size is None:
                 return None
-            total += x.shape[0]
+            total += size
         return total
 
     def cycle(self) -> Iterator[Any]:

@@ -22,12 +22,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pts_hf.calibration import CalibrationData, forward_batch
+from pts_hf.calibration import CalibrationData, batch_size_of, forward_batch
 from pts_hf.config import DistillationConfig, help_field
 from pts_hf.losses import base_decayed_kl, extract_output, reconstruction_loss
 from pts_hf.ops.allocation import allocate
 from pts_hf.parametrize import DynamicMask, FixedMask, PTSParametrization
 from pts_hf.search import MaskFitness, genes_to_sparsities, logit_genes_for, regrow_genes_for, run_evolution
+from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeSparsifier
 from pts_hf.training import finish_batchnorm, run_distillation
 
@@ -95,8 +96,9 @@ def _take_samples(data: CalibrationData, n: int, skip: int = 0) -> tuple[list[An
     """Whole batches after the first ``skip`` samples, until ``n`` samples are collected: (batches, samples)."""
     out, seen, got = [], 0, 0
     for batch in data:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        size = batch_size_of(batch)
+        if size is None:
+            raise TypeError(f"cannot tell the number of samples in a calibration batch of type {type(batch).__name__}")
         if seen >= skip:
             out.append(batch)
             got += size
@@ -215,8 +217,7 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         self._steps = 0
         self.step()
         details.update(run_distillation(self, model, teacher, data, accelerator, self.options))
-        self.enable_mask_update = True
-        super(MagnitudeSparsifier, self).step()  # final masks: exact counts from the trained |W|
+        PTSSparsifier.step(self)  # final masks, whatever mask_interval: exact counts from the trained |W|
         details["bn_batches"] = finish_batchnorm(model, data, accelerator, self.options)
         self.teacher = None
         return details
