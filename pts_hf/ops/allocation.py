@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "ALLOCATIONS",
+    "NEEDS_ACTIVATIONS",
     "allocate",
     "erk",
     "exact_counts",
@@ -23,6 +24,7 @@ __all__ = [
     "l2norm",
     "lamp",
     "lamp_scores",
+    "owl",
     "uniform",
 ]
 
@@ -136,7 +138,11 @@ def exact_projection(
 
 def _from_global_scores(scores: Sequence[torch.Tensor], sparsity: float) -> list[float]:
     masks = exact_projection(scores, sparsity)
-    return [1.0 - float(m.float().mean()) if m.numel() else 0.0 for m in masks]
+    levels = [1.0 - float(m.float().mean()) if m.numel() else 0.0 for m in masks]
+    # The masks prune round(s·N) weights; spread the sub-weight remainder so Σ level·N_l is exactly s·N.
+    numels = [m.numel() for m in masks]
+    rest = (float(sparsity) * sum(numels) - sum(lv * n for lv, n in zip(levels, numels))) / max(1, sum(numels))
+    return [min(1.0, max(0.0, lv + rest)) for lv in levels]
 
 
 def global_magnitude(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
@@ -165,6 +171,45 @@ def lamp(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
     return _from_global_scores([lamp_scores(w) for w in weights], sparsity)
 
 
+def owl(weights: Sequence[torch.Tensor], sparsity: float, activation_scores: Sequence[torch.Tensor] | None = None,
+        lam: float = 0.08, m: float = 5.0) -> list[float]:
+    """OWL (Yin et al. 2024): layers with more activation outliers keep more weights.
+
+    ``activation_scores`` are per-layer activation-aware scores of the weights' shape (Wanda's |W|·‖X‖). A layer's
+    outlier ratio is the fraction of its scores above ``m``× their mean; ratios are mapped linearly onto
+    densities spanning ``2·lam`` around ``1 − sparsity``, shifted so the weighted total is exactly the target.
+    """
+    s = _check_sparsity(sparsity)
+    if activation_scores is None:
+        raise ValueError("allocation 'owl' needs activation statistics (calibration data): run it through "
+                         "pts_hf.sparsify(model, data, allocation='owl', ...)")
+    if len(activation_scores) != len(weights):
+        raise ValueError(f"{len(activation_scores)} activation score tensors for {len(weights)} layers")
+    ratios = []
+    for sc in activation_scores:
+        f = sc.detach().float().reshape(-1)
+        ratios.append(float((f > m * f.mean()).float().mean()) if f.numel() else 0.0)
+    lo, hi = min(ratios), max(ratios)
+    if hi - lo <= 0:
+        return uniform([w.shape for w in weights], s)
+    raw = [(r - lo) / (hi - lo) * 2 * lam for r in ratios]
+    numels = [w.numel() for w in weights]
+    budget = (1.0 - s) * sum(numels)
+
+    def kept(shift: float) -> float:
+        return sum(min(1.0, max(0.0, r + shift)) * n for r, n in zip(raw, numels))
+
+    lo_shift, hi_shift = -2.0 * lam - 1.0, 1.0
+    for _ in range(100):  # bisection: clipping to [0, 1] keeps the total exact
+        mid = 0.5 * (lo_shift + hi_shift)
+        if kept(mid) < budget:
+            lo_shift = mid
+        else:
+            hi_shift = mid
+    shift = 0.5 * (lo_shift + hi_shift)
+    return [1.0 - min(1.0, max(0.0, r + shift)) for r in raw]
+
+
 def _uniform_w(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
     return uniform([w.shape for w in weights], sparsity)
 
@@ -179,13 +224,19 @@ ALLOCATIONS: dict[str, Callable[..., list[float]]] = {
     "lamp": lamp,
     "l2norm": l2norm,
     "global": global_magnitude,
+    "owl": owl,
 }
+
+# Allocations that need calibration activations (passed as ``activation_scores``).
+NEEDS_ACTIVATIONS = frozenset({"owl"})
 
 
 def allocate(name: str, weights: Sequence[torch.Tensor], sparsity: float, **options) -> list[float]:
-    """Per-layer sparsities by the named allocation (``uniform``, ``erk``, ``lamp``, ``l2norm``, ``global``)."""
+    """Per-layer sparsities by the named allocation (``uniform``, ``erk``, ``lamp``, ``l2norm``, ``global``,
+    ``owl`` with ``activation_scores=``)."""
     key = name.lower()
     if key not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {name!r}; choose one of {sorted(ALLOCATIONS)}")
     _check_sparsity(sparsity)
     return ALLOCATIONS[key](weights, sparsity, **options)
+
