@@ -1,0 +1,337 @@
+"""The sequential calibration pipeline: one unit (block) at a time, statistics → method → propagation.
+
+1. A dense forward of the first batch records which units run, in which order, and whether each unit's output is
+   the next one's input with the same extra arguments (attention masks, position embeddings): consecutive
+   such units form a *chained run*. Caches are off (``use_cache=False``).
+2. Per run, the inputs of its first unit are captured once per batch (a forward that stops there: through the
+   already-pruned model when ``sequential=True``, from the dense model when ``sequential=False``).
+3. Per unit: its layers' statistics are collected while it runs on the captured inputs, summed across
+   processes, handed to ``process`` (which prunes), and the unit's outputs (pruned when sequential, dense
+   otherwise) become the next unit's inputs. Only the current unit and its activations need be on ``device``.
+
+Units that run more than once per forward, or not in a chain, are calibrated with full forwards instead.
+Every hook is removed on exit, also after an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pts_hf.calibration import LABEL_KEYS, split_batch, to_device
+from pts_hf.layers import gemm_layout
+from pts_hf.pipeline.blocks import Unit, find_units
+from pts_hf.pipeline.hooks import HookOwner, StopForward
+from pts_hf.pipeline.stats import LayerStats
+from pts_hf.targets import Target
+
+__all__ = ["PipelineReport", "run_pipeline"]
+
+logger = logging.getLogger("pts_hf")
+
+ProcessFn = Callable[[list[Target], dict[str, LayerStats]], None]
+
+
+@dataclass
+class PipelineReport:
+    block_source: str
+    units: list[str]
+    runs: list[list[str]]
+    unused: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+
+
+@dataclass
+class _Call:
+    args: tuple
+    kwargs: dict[str, Any]
+    output: Any = None
+
+
+def _first_tensor(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out:
+        return out[0]
+    if isinstance(out, Mapping) and out:
+        return next(iter(out.values()))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and (
+            a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a usable ==
+        return a is b
+
+
+def _chains(prev: _Call, cur: _Call, first: _Call) -> bool:
+    """``cur`` takes ``prev``'s output as its first input and the same other arguments as the run's first unit."""
+    if not cur.args or not _same(_first_tensor(prev.output), cur.args[0]):
+        return False
+    if len(cur.args) != len(first.args) or set(cur.kwargs) != set(first.kwargs):
+        return False
+    return all(_same(x, y) for x, y in zip(cur.args[1:], first.args[1:])) and \
+        all(_same(cur.kwargs[k], first.kwargs[k]) for k in cur.kwargs)
+
+
+def _model_inputs(model: nn.Module, batch: Any, device: torch.device | None) -> tuple[tuple, dict, Any]:
+    args, kwargs = split_batch(batch, model)
+    kwargs = {k: v for k, v in kwargs.items() if k not in LABEL_KEYS}
+    token_mask = kwargs.get("attention_mask")
+    if not (isinstance(token_mask, torch.Tensor) and token_mask.ndim == 2):
+        token_mask = None
+    from pts_hf.calibration import _forward_params
+
+    if "use_cache" in _forward_params(type(model))[0]:
+        kwargs["use_cache"] = False
+    return to_device(args, device), to_device(kwargs, device), token_mask
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
+
+
+def _forward(model: nn.Module, batch: Any) -> None:
+    args, kwargs, _ = _model_inputs(model, batch, _model_device(model))
+    with contextlib.suppress(StopForward):
+        model(*args, **kwargs)
+
+
+class _Pipeline:
+    def __init__(self, model: nn.Module, targets: list[Target], batches: list[Any], statistics: frozenset[str],
+                 process: ProcessFn, sequential: bool, device: torch.device | None, stats_dtype: torch.dtype,
+                 progress: bool, on_unused: Callable[[list[Target]], None] | None):
+        self.model, self.targets, self.batches = model, targets, batches
+        self.statistics, self.process, self.sequential = statistics, process, sequential
+        self.device, self.stats_dtype, self.progress, self.on_unused = device, stats_dtype, progress, on_unused
+        self.units, source = find_units(model, targets)
+        self.report = PipelineReport(source, [u.name for u in self.units], [], batches=len(batches))
+        self.token_masks = [_model_inputs(model, b, None)[2] for b in batches]
+
+    # --- planning -------------------------------------------------------------------------------------------
+    def plan(self) -> list[tuple[str, list[Unit]]]:
+        """Runs of units: ("chain", [u0, u1, ...]) or ("full", [u]) in execution order."""
+        calls: dict[int, list[_Call]] = {id(u): [] for u in self.units}
+        used: set[int] = set()
+        order: list[Unit] = []
+        with HookOwner() as hooks:
+            for u in self.units:
+                def pre(mod, args, kwargs, u=u):
+                    if not calls[id(u)]:
+                        order.append(u)
+                    calls[id(u)].append(_Call(args, kwargs))
+
+                def post(mod, args, kwargs, out, u=u):
+                    calls[id(u)][-1].output = out
+
+                hooks.pre(u.module, pre)
+                hooks.post(u.module, post)
+            for t in self.targets:
+                hooks.pre(t.module, lambda mod, a, k, t=t: used.add(id(t.module)))
+            _forward(self.model, self.batches[0])
+        unused = [t for t in self.targets if id(t.module) not in used]
+        if unused:
+            names = [t.tensor_fqn for t in unused]
+            self.report.unused = names
+            warnings.warn(f"no calibration activations reach {names}: left dense; the other layers carry the "
+                          "global target", stacklevel=4)
+            if self.on_unused is not None:
+                self.on_unused(unused)
+            for u in self.units:
+                u.targets = [t for t in u.targets if id(t.module) in used]
+        runs: list[tuple[str, list[Unit]]] = []
+        for u in order:
+            cs = calls[id(u)]
+            if len(cs) != 1:
+                runs.append(("full", [u]))
+                continue
+            if runs and runs[-1][0] == "chain":
+                run = runs[-1][1]
+                if _chains(calls[id(run[-1])][0], cs[0], calls[id(run[0])][0]):
+                    run.append(u)
+                    continue
+            runs.append(("chain", [u]))
+        # drop runs (and trailing units) that hold no targets: nothing to calibrate there
+        cleaned = []
+        for kind, run in runs:
+            last = max((i for i, u in enumerate(run) if u.targets), default=-1)
+            if last >= 0:
+                cleaned.append((kind, run[: last + 1]))
+        self.report.runs = [[u.name for u in run] for _, run in cleaned]
+        return cleaned
+
+    # --- stages ---------------------------------------------------------------------------------------------
+    def _new_stats(self, targets: list[Target]) -> dict[str, LayerStats]:
+        return {t.tensor_fqn: LayerStats(t.module, gemm_layout(t.module, t.weight), self.statistics,
+                                         self.stats_dtype) for t in targets}
+
+    def _stat_hooks(self, hooks: HookOwner, targets: list[Target], stats: dict[str, LayerStats],
+                    mask_ref: list[Any]) -> None:
+        for t in targets:
+            st = stats[t.tensor_fqn]
+
+            def pre(mod, args, kwargs, st=st):
+                x = args[0] if args else next(iter(kwargs.values()))
+                st.add(x, mask_ref[0])
+
+            hooks.pre(t.module, pre)
+
+    def capture(self, unit: Unit) -> list[_Call]:
+        """The first unit's inputs for every batch, from a forward that stops at it."""
+        captured: list[_Call] = []
+
+        def pre(mod, args, kwargs):
+            captured.append(_Call(to_device(args, self.device), to_device(kwargs, self.device)))
+            raise StopForward
+
+        with HookOwner() as hooks:
+            hooks.pre(unit.module, pre)
+            with torch.no_grad():
+                for b in self.batches:
+                    _forward(self.model, b)
+        if len(captured) != len(self.batches):
+            raise RuntimeError(f"the forward pass did not reach {unit.name or type(unit.module).__name__} "
+                               "for every calibration batch")
+        return captured
+
+    def full(self, unit: Unit) -> None:
+        stats = self._new_stats(unit.targets)
+        mask_ref: list[Any] = [None]
+        with HookOwner() as hooks, torch.no_grad():
+            self._stat_hooks(hooks, unit.targets, stats, mask_ref)
+            for b, mask in zip(self.batches, self.token_masks):
+                mask_ref[0] = mask
+                _forward(self.model, b)
+        self._process(unit, stats)
+
+    def _run_unit(self, unit: Unit, inputs: list[_Call]) -> list[Any]:
+        outs = []
+        for call in inputs:
+            out = unit.module(*call.args, **call.kwargs)
+            outs.append(_first_tensor(out))
+        return outs
+
+    def chain(self, run: list[Unit], inputs: list[_Call]) -> None:
+        for i, unit in enumerate(run):
+            start = time.perf_counter()
+            moved = self._to_device(unit)
+            stats = self._new_stats(unit.targets)
+            mask_ref: list[Any] = [None]
+            outs = []
+            with HookOwner() as hooks, torch.no_grad():
+                self._stat_hooks(hooks, unit.targets, stats, mask_ref)
+                for call, mask in zip(inputs, self.token_masks):
+                    mask_ref[0] = mask
+                    outs.append(_first_tensor(unit.module(*call.args, **call.kwargs)))
+            if unit.targets:
+                self._process(unit, stats)
+                if self.sequential and i + 1 < len(run):
+                    with torch.no_grad():
+                        outs = self._run_unit(unit, inputs)
+            del stats
+            if moved is not None:
+                unit.module.to(moved)
+            self.report.seconds[unit.name] = time.perf_counter() - start
+            if i + 1 < len(run):
+                inputs = [_Call((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs)]
+
+    def _process(self, unit: Unit, stats: dict[str, LayerStats]) -> None:
+        for st in stats.values():
+            st.all_reduce()
+            st.finalize()
+        self.process(unit.targets, stats)
+
+    def _to_device(self, unit: Unit) -> torch.device | None:
+        here = _model_device(unit.module)
+        if self.device is None or here is None or here == self.device:
+            return None
+        unit.module.to(self.device)
+        return here
+
+    def run(self) -> PipelineReport:
+        runs = self.plan()
+        dense_inputs: dict[int, list[_Call]] = {}
+        if not self.sequential:  # every run starts from the dense model's activations
+            for kind, run in runs:
+                if kind == "chain":
+                    dense_inputs[id(run[0])] = self.capture(run[0])
+        bar = _progress(sum(len(r) for _, r in runs), self.progress)
+        for kind, run in runs:
+            if kind == "full":
+                self.full(run[0])
+            else:
+                inputs = dense_inputs.pop(id(run[0]), None) or self.capture(run[0])
+                self.chain(run, inputs)
+            bar.update(len(run))
+        bar.close()
+        return self.report
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="blocks", disable=not enabled, leave=False)
+
+
+def _shard(batches: list[Any]) -> list[Any]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        mine = batches[rank::world]
+        if not mine:
+            raise ValueError(f"{len(batches)} calibration batch(es) for {world} processes: each needs at least one")
+        return mine
+    return batches
+
+
+def run_pipeline(
+    model: nn.Module,
+    targets: list[Target],
+    data: Any,
+    statistics: frozenset[str],
+    process: ProcessFn,
+    *,
+    sequential: bool = True,
+    device: torch.device | str | None = None,
+    stats_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    on_unused: Callable[[list[Target]], None] | None = None,
+) -> PipelineReport:
+    """Calibrate ``targets`` of ``model`` unit by unit on ``data`` (an iterable of batches).
+
+    ``process(targets, stats)`` is called once per unit with the unit's targets and their finished
+    :class:`~pts_hf.pipeline.stats.LayerStats`; it prunes them (in place, e.g. through their masks). With
+    ``sequential=True`` later units see the pruned earlier ones; with False every unit sees dense activations.
+    Under ``torch.distributed`` each process takes every world-size-th batch and the statistics are summed, so all
+    processes make the same decisions. The model runs in eval mode and is returned in the mode it came in.
+    """
+    batches = _shard(list(data))
+    if not batches:
+        raise ValueError("calibration data is empty")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        pipe = _Pipeline(model, targets, batches, frozenset(statistics), process, sequential,
+                         None if device is None else torch.device(device), stats_dtype, progress, on_unused)
+        report = pipe.run()
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+    logger.info("pts_hf pipeline: %d unit(s) in %d run(s) (%s)", len(report.units), len(report.runs),
+                report.block_source)
+    return report
