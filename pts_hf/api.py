@@ -13,6 +13,7 @@ from torch import nn
 
 from pts_hf.calibration import CalibrationData
 from pts_hf.config import SparsityConfig
+from pts_hf.ops.allocation import NEEDS_ACTIVATIONS
 from pts_hf.sparsifiers import get_sparsifier_class
 from pts_hf.sparsifiers.base import check_finite_weights
 from pts_hf.targets import Target, discover_targets
@@ -100,7 +101,7 @@ def sparsify(
     data: Any = None,
     method: str = "magnitude",
     sparsity: float = 0.5,
-    allocation: str = "erk",
+    allocation: str | None = None,
     seed: int = 0,
     *,
     inplace: bool = False,
@@ -116,7 +117,8 @@ def sparsify(
         data: calibration inputs (see :mod:`pts_hf.calibration` for the accepted forms); labels are never used.
         method: a registered method (``pts_hf.SPARSIFIERS``).
         sparsity: global target in [0, 1).
-        allocation: per-layer allocation (initial allocation for learned methods).
+        allocation: per-layer allocation (initial allocation for learned methods); None = the method's default
+            (``erk`` for magnitude / FCPTS / UniPTS, ``uniform`` for Wanda / SparseGPT, ``l2norm`` for POT).
         seed: seed for every random choice.
         inplace: modify ``model`` itself instead of a deep copy.
         targets / ignore: layer patterns (see :mod:`pts_hf.targets`).
@@ -126,8 +128,9 @@ def sparsify(
     Every argument is checked before any work starts; on bad input the model is left untouched.
     """
     cls = get_sparsifier_class(method)
-    config = cls.config_class.from_options(sparsity=sparsity, allocation=allocation, seed=seed, targets=targets,
-                                           ignore=ignore, **options)
+    if allocation is not None:
+        options["allocation"] = allocation
+    config = cls.config_class.from_options(sparsity=sparsity, seed=seed, targets=targets, ignore=ignore, **options)
     found = discover_targets(model, config.targets, config.ignore)
     check_finite_weights(found)
     sparsifier = cls(config)
@@ -138,6 +141,14 @@ def sparsify(
     work = model if inplace else copy.deepcopy(model)
     if accelerator is None:
         accelerator = _make_accelerator(config)
+    if config.allocation in NEEDS_ACTIVATIONS:  # e.g. OWL: scores from the dense model's activations first
+        if calib is None:
+            calib = CalibrationData(data, config.batch_size)
+        from pts_hf.pipeline import activation_scores
+
+        work_targets = discover_targets(work, config.targets, config.ignore)
+        sparsifier.activation_scores = activation_scores(work, work_targets, calib,
+                                                         device=getattr(config, "device", None))
     sparsifier.prepare(work)
     try:
         details = sparsifier.calibrate(work, calib, accelerator)

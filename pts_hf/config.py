@@ -35,9 +35,17 @@ class SparsityConfig:
 
     sparsity: float = help_field(0.5, "Global target: zeros ÷ elements over all targeted weights, in [0, 1).")
     allocation: str = help_field(
-        "erk", "Per-layer allocation (initial for learned methods): uniform, erk, lamp, l2norm or global."
+        "erk", "Per-layer allocation (initial for learned methods): uniform, erk, lamp, l2norm, global or owl "
+        "(outlier-weighted, from calibration activations)."
     )
     erk_power: float = help_field(1.0, "ERK power-scale: density ∝ (Σdims/Πdims)^power; 0 = uniform.")
+    owl_lambda: float = help_field(0.08, "OWL: per-layer sparsities span ±λ around the target.")
+    owl_m: float = help_field(5.0, "OWL: a weight is an outlier when its |W|·‖X‖ score exceeds M× the layer mean.")
+    mask_structure: str = help_field(
+        "unstructured", "'unstructured', or 'N:M' (e.g. '2:4'): at most N non-zeros in every M consecutive weights "
+        "along the layer's GEMM input dimension; then `sparsity` is (M−N)/M and layers whose input dimension is "
+        "not a multiple of M stay dense (with a warning)."
+    )
     targets: list[str] | None = help_field(
         None, "Layers to sparsify: class names, module names or 're:<regex>'; None = every Linear/Conv/Conv1D "
         "except the model's embeddings."
@@ -62,6 +70,9 @@ class SparsityConfig:
         self.allocation = self.allocation.lower()
         if not self.erk_power >= 0:
             raise ValueError(f"erk_power must be ≥ 0, got {self.erk_power!r}")
+        if not self.owl_lambda >= 0 or not self.owl_m > 0:
+            raise ValueError(f"owl_lambda must be ≥ 0 and owl_m > 0, got {self.owl_lambda!r}, {self.owl_m!r}")
+        self._validate_structure()
         for name in ("targets", "ignore"):
             v = getattr(self, name)
             if isinstance(v, str):
@@ -71,8 +82,39 @@ class SparsityConfig:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
+    def _validate_structure(self) -> None:
+        from pts_hf.ops.nm import nm_sparsity, parse_structure
+
+        nm = parse_structure(self.mask_structure)
+        if nm is None:
+            self.mask_structure = "unstructured"
+            return
+        self.mask_structure = f"{nm[0]}:{nm[1]}"
+        ratio = nm_sparsity(*nm)
+        default_sparsity = type(self).__dataclass_fields__["sparsity"].default
+        if abs(self.sparsity - ratio) > 1e-12 and self.sparsity != default_sparsity:
+            raise ValueError(f"mask_structure {self.mask_structure!r} prunes {ratio:.4g} of every layer; "
+                             f"sparsity={self.sparsity} contradicts it (leave sparsity out or pass {ratio:.4g})")
+        self.sparsity = ratio
+        default_alloc = type(self).__dataclass_fields__["allocation"].default
+        if self.allocation not in ("uniform", default_alloc):
+            raise ValueError(f"allocation {self.allocation!r} does not apply to N:M masks (every layer is "
+                             f"{ratio:.4g} sparse); leave allocation out or pass 'uniform'")
+        self.allocation = "uniform"
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M mask structure, None when unstructured."""
+        from pts_hf.ops.nm import parse_structure
+
+        return parse_structure(self.mask_structure)
+
     def allocation_options(self) -> dict[str, Any]:
-        return {"power": self.erk_power} if self.allocation == "erk" else {}
+        if self.allocation == "erk":
+            return {"power": self.erk_power}
+        if self.allocation == "owl":
+            return {"lam": self.owl_lambda, "m": self.owl_m}
+        return {}
 
     # --- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

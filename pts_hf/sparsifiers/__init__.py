@@ -4,18 +4,30 @@ from __future__ import annotations
 
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.sparsifiers.fcpts import FCPTSConfig, FCPTSSparsifier
+from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeConfig, MagnitudeSparsifier
+from pts_hf.sparsifiers.pot import POTConfig, POTSparsifier
+from pts_hf.sparsifiers.sparsegpt import SparseGPTConfig, SparseGPTSparsifier
 from pts_hf.sparsifiers.unipts import UniPTSConfig, UniPTSSparsifier
+from pts_hf.sparsifiers.wanda import WandaConfig, WandaSparsifier
 
 __all__ = [
     "SPARSIFIERS",
     "FCPTSConfig",
     "FCPTSSparsifier",
+    "LayerwiseConfig",
+    "LayerwiseSparsifier",
     "MagnitudeConfig",
     "MagnitudeSparsifier",
+    "POTConfig",
+    "POTSparsifier",
     "PTSSparsifier",
+    "SparseGPTConfig",
+    "SparseGPTSparsifier",
     "UniPTSConfig",
     "UniPTSSparsifier",
+    "WandaConfig",
+    "WandaSparsifier",
     "get_sparsifier_class",
 ]
 
@@ -23,6 +35,9 @@ SPARSIFIERS: dict[str, type[PTSSparsifier]] = {
     MagnitudeSparsifier.method: MagnitudeSparsifier,
     FCPTSSparsifier.method: FCPTSSparsifier,
     UniPTSSparsifier.method: UniPTSSparsifier,
+    WandaSparsifier.method: WandaSparsifier,
+    SparseGPTSparsifier.method: SparseGPTSparsifier,
+    POTSparsifier.method: POTSparsifier,
 }
 
 

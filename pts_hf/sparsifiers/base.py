@@ -14,6 +14,7 @@ What differs from torch.ao's base:
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -23,7 +24,9 @@ from torch.ao.pruning import BaseSparsifier
 from torch.nn.utils import parametrize
 
 from pts_hf.config import SparsityConfig
-from pts_hf.ops.allocation import allocate, exact_counts
+from pts_hf.layers import GemmLayout, gemm_layout
+from pts_hf.ops.allocation import NEEDS_ACTIVATIONS, allocate, exact_counts
+from pts_hf.ops.nm import nm_mask
 from pts_hf.parametrize import PTSParametrization
 from pts_hf.targets import Target, discover_targets
 from pts_hf.version import CONFIG_VERSION
@@ -81,6 +84,10 @@ class PTSSparsifier(BaseSparsifier):
         self.teacher: nn.Module | None = None
         self._squashed = False
         self.final_layer_sparsity: dict[str, float] = {}
+        self.show_progress = True  # a UI setting, not a method option
+        # Per-tensor activation-aware weight scores (|W|·‖X‖) for allocations that need activations (OWL); set by
+        # pts_hf.sparsify from a calibration pass, or by the user before prepare().
+        self.activation_scores: dict[str, torch.Tensor] | None = None
 
     # --- preparation ------------------------------------------------------------------------------------------
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
@@ -165,6 +172,8 @@ class PTSSparsifier(BaseSparsifier):
                 raise ValueError(f"sparsity_level {lv!r} for {targets[i].tensor_fqn} is outside [0, 1]")
         if not free:
             return levels
+        if self.options.nm is not None:
+            return self._allocate_nm(targets, levels, free)
         numels = [t.numel for t in targets]
         fixed_zeros = sum(levels[i] * numels[i] for i in range(len(targets)) if i not in free)
         free_n = sum(numels[i] for i in free)
@@ -174,11 +183,38 @@ class PTSSparsifier(BaseSparsifier):
                 f"global sparsity {self.options.sparsity} cannot be reached: the layers without an explicit "
                 f"sparsity_level would need {rest:.4f}"
             )
-        sub = allocate(self.options.allocation, [targets[i].weight for i in free], rest,
-                       **self.options.allocation_options())
+        options = self.options.allocation_options()
+        if self.options.allocation in NEEDS_ACTIVATIONS:
+            options["activation_scores"] = self._activation_scores_for([targets[i] for i in free])
+        sub = allocate(self.options.allocation, [targets[i].weight for i in free], rest, **options)
         for i, s in zip(free, sub):
             levels[i] = s
         return levels
+
+    def _allocate_nm(self, targets: list[Target], levels: list[float], free: list[int]) -> list[float]:
+        n, m = self.options.nm
+        dense = []
+        for i in free:
+            layout = gemm_layout(targets[i].module, targets[i].weight)
+            if layout.columns % m:
+                dense.append(f"{targets[i].tensor_fqn} ({layout.columns} inputs)")
+            else:
+                levels[i] = (m - n) / m
+        if dense:
+            warnings.warn(f"{n}:{m} masks need an input dimension that is a multiple of {m}; left dense: "
+                          f"{', '.join(dense)}", stacklevel=3)
+        return levels
+
+    def _activation_scores_for(self, targets: list[Target]) -> list[torch.Tensor]:
+        scores = self.activation_scores or {}
+        missing = [t.tensor_fqn for t in targets if t.tensor_fqn not in scores]
+        if missing:
+            raise ValueError(
+                f"allocation {self.options.allocation!r} needs activation statistics, missing for {missing[:3]}: "
+                "use pts_hf.sparsify(model, data, ...) or set sparsifier.activation_scores = "
+                "pts_hf.pipeline.activation_scores(model, targets, data) before prepare()"
+            )
+        return [scores[t.tensor_fqn] for t in targets]
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _require_prepared(self) -> None:
@@ -197,6 +233,27 @@ class PTSSparsifier(BaseSparsifier):
     @staticmethod
     def original_of(group: dict[str, Any]) -> torch.Tensor:
         return group["module"].parametrizations[group["tensor_name"]].original
+
+    def layout_of(self, group: dict[str, Any]) -> GemmLayout:
+        """The GEMM view ``[groups, rows, columns]`` of a group's weight (N:M groups run along the columns)."""
+        return gemm_layout(group["module"], self.original_of(group))
+
+    @torch.no_grad()
+    def nm_magnitude_mask(self, group: dict[str, Any]) -> torch.Tensor:
+        """Keep mask with the N:M pattern chosen by |W| (all ones for a layer left dense)."""
+        w = self.original_of(group)
+        nm = self.nm_for(group)
+        if nm is None:
+            return torch.ones_like(w, dtype=torch.bool)
+        layout = self.layout_of(group)
+        return layout.from_gemm(nm_mask(layout.to_gemm(w.detach().abs()), *nm))
+
+    def nm_for(self, group: dict[str, Any]) -> tuple[int, int] | None:
+        """(N, M) when this group gets an N:M mask (structure set and the layer is eligible), else None."""
+        nm = self.options.nm
+        if nm is None or group["sparsity_level"] == 0.0 or self.layout_of(group).columns % nm[1]:
+            return None
+        return nm
 
     def target_sparsity(self) -> float:
         """Σ sparsity_level·N / Σ N over the groups (follows schedulers that rescale the levels)."""

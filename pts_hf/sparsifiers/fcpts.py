@@ -26,11 +26,13 @@ from pts_hf.losses import control_loss, reconstruction_loss
 from pts_hf.ops.allocation import exact_counts, exact_projection
 from pts_hf.ops.kde import resolve_bandwidth
 from pts_hf.ops.masks import topk_mask
-from pts_hf.parametrize import PTSParametrization, ThresholdMask
+from pts_hf.parametrize import DynamicMask, PTSParametrization, ThresholdMask
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.training import finish_batchnorm, run_distillation
 
 __all__ = ["FCPTSConfig", "FCPTSSparsifier"]
+
+NM_SRSTE_DECAY = 5e-5  # SR-STE decay on pruned weights under N:M masks (UniPTS's released value)
 
 
 @dataclass
@@ -120,15 +122,19 @@ class FCPTSSparsifier(PTSSparsifier):
 
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
         o = self.options
+        self.initial_layer_sparsity[group["tensor_fqn"]] = group["sparsity_level"]
+        if o.nm is not None:  # N:M: weights train under |W|-chosen N:M masks recomputed each step (SR-STE)
+            return DynamicMask(torch.ones_like(weight, dtype=torch.bool), NM_SRSTE_DECAY)
         p = ThresholdMask(weight, 0.0, ste=o.threshold_grad == "ste", ste_width=o.ste_width,
                           kde_samples=o.kde_samples, bandwidth=o.bandwidth, generator=group["generator"])
         p.set_value(_threshold_for(weight, p.scale, group["sparsity_level"]))
-        self.initial_layer_sparsity[group["tensor_fqn"]] = group["sparsity_level"]
         return p
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         """The thresholds, as an optimizer parameter group (Adam, no weight decay)."""
         self._require_prepared()
+        if self.options.nm is not None:
+            return []
         params = [self.parametrization_of(g).threshold for g in self.groups]
         return [{"params": params, "lr": self.options.threshold_lr, "weight_decay": 0.0}]
 
@@ -155,6 +161,8 @@ class FCPTSSparsifier(PTSSparsifier):
                      ) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction + control loss, and what to log."""
         rec = self.reconstruction_loss(student_output, teacher_output)
+        if self.options.nm is not None:  # the N:M pattern fixes the sparsity: no control loss
+            return rec, {"rec": float(rec.detach()), "sparsity": self.target_sparsity()}
         ctrl, current = self.control_loss()
         return rec + ctrl.to(rec.device), {"rec": float(rec.detach()), "control": float(ctrl.detach()),
                                            "sparsity": current}
@@ -170,7 +178,13 @@ class FCPTSSparsifier(PTSSparsifier):
             self.project()
 
     def update_mask(self, module: nn.Module, tensor_name: str, **kwargs: Any) -> None:
-        """Keep the threshold inside [0, largest normalised magnitude)."""
+        """Keep the threshold inside [0, largest normalised magnitude); N:M: recompute the N:M mask from |W|."""
+        if self.options.nm is not None:
+            mask = self.nm_magnitude_mask({"module": module, "tensor_name": tensor_name, **kwargs})
+            for p in module.parametrizations[tensor_name]:
+                if isinstance(p, DynamicMask):
+                    p.mask.copy_(mask)
+            return
         for p in module.parametrizations[tensor_name]:
             if isinstance(p, ThresholdMask):
                 t_max = p.max_threshold(module.parametrizations[tensor_name].original)
@@ -179,9 +193,11 @@ class FCPTSSparsifier(PTSSparsifier):
     def thresholds(self) -> dict[str, dict[str, float]]:
         """Per tensor: the learned threshold in normalised and in raw weight units."""
         self._require_prepared()
-        out = {}
+        out: dict[str, dict[str, float]] = {}
         for g in self.groups:
             p = self.parametrization_of(g)
+            if not isinstance(p, ThresholdMask):
+                continue
             t = float(p.value().detach())
             out[g["tensor_fqn"]] = {"normalised": t, "raw": t * float(p.scale)}
         return out
@@ -191,6 +207,10 @@ class FCPTSSparsifier(PTSSparsifier):
         """Pin masks that prune exactly ``round(sparsity·N)`` weights, ranked by |W|/scale − t across layers."""
         self._require_prepared()
         self.learned_before_projection = self.layer_sparsity()
+        if self.options.nm is not None:  # N:M masks are exact by construction
+            self.step()
+            self.projected = True
+            return
         target = self.target_sparsity() if sparsity is None else sparsity
         margins = []
         for g in self.groups:

@@ -48,11 +48,16 @@ class MagnitudeSparsifier(PTSSparsifier):
     def update_mask(self, module: nn.Module, tensor_name: str, n_zero: int | None = None, **kwargs: Any) -> None:
         p = module.parametrizations[tensor_name]
         w = p.original
-        if n_zero is None:
-            n_zero = round(float(kwargs["sparsity_level"]) * w.numel())
+        group = {"module": module, "tensor_name": tensor_name, **kwargs}
+        if self.options.nm is not None:
+            mask = self.nm_magnitude_mask(group)
+        else:
+            if n_zero is None:
+                n_zero = round(float(kwargs["sparsity_level"]) * w.numel())
+            mask = magnitude_mask(w, n_zero=n_zero)
         for par in p:
             if isinstance(par, FixedMask):
-                par.mask.copy_(magnitude_mask(w, n_zero=n_zero))
+                par.mask.copy_(mask)
 
     def requires_data(self) -> bool:
         return bool(self.options.bn_recalibration)

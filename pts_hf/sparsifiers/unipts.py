@@ -41,7 +41,8 @@ logger = logging.getLogger("pts_hf")
 class UniPTSConfig(DistillationConfig):
     method: ClassVar[str] = "unipts"
 
-    search: bool = help_field(True, "Evolutionary allocation search (False: the `allocation`, ERK by default).")
+    search: bool = help_field(True, "Evolutionary allocation search (False: the `allocation`, ERK by default; "
+                                    "skipped for N:M masks, which fix every layer's sparsity).")
     search_space: str = help_field("regrow", "'regrow' (P_e = P+δ, regrow δ·N by softmax of genes: UniPTS) or "
                                              "'logit' (any layer in [0, max_layer_sparsity]).")
     delta: float = help_field(0.05, "δ of the reducing-regrowing scheme: layers are first reduced to P + δ.")
@@ -211,8 +212,10 @@ class UniPTSSparsifier(MagnitudeSparsifier):
     def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
         teacher, accelerator = self._teacher_and_accelerator(accelerator)
         details: dict[str, Any] = {}
-        if self.options.search:
+        if self.options.search and self.options.nm is None:
             details.update(self.search_allocation(model, data))
+        elif self.options.search:
+            details["search"] = f"skipped: {self.options.mask_structure} fixes every layer's sparsity"
         details["initial_layer_sparsity"] = {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}
         self._steps = 0
         self.step()

@@ -1,0 +1,55 @@
+"""SparseGPT: OBS pruning with row updates from the damped inverse Hessian of each layer's inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from pts_hf.config import help_field
+from pts_hf.ops.obs import sparsegpt_prune
+from pts_hf.ops.wanda import rowwise_prune_mask
+from pts_hf.pipeline import LayerStats
+from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
+
+__all__ = ["SparseGPTConfig", "SparseGPTSparsifier"]
+
+
+@dataclass
+class SparseGPTConfig(LayerwiseConfig):
+    method: ClassVar[str] = "sparsegpt"
+
+    allocation: str = help_field("uniform", "Per-layer allocation (SparseGPT: uniform; also erk, lamp, l2norm, owl).")
+    blocksize: int = help_field(128, "Columns pruned and updated together (lazy batch updates).")
+    dampening: float = help_field(0.01, "Hessian dampening λ as a fraction of its mean diagonal (raised 10× while "
+                                        "the Hessian stays singular).")
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.blocksize, int) or isinstance(self.blocksize, bool) or self.blocksize < 1:
+            raise ValueError(f"blocksize must be a positive integer, got {self.blocksize!r}")
+        if not self.dampening > 0:
+            raise ValueError(f"dampening must be > 0, got {self.dampening!r}")
+
+
+class SparseGPTSparsifier(LayerwiseSparsifier):
+    """SparseGPT (Frantar & Alistarh 2023) on Linear, HF Conv1D and (grouped, depthwise) convolutions."""
+
+    method: ClassVar[str] = "sparsegpt"
+    config_class: ClassVar[type[SparseGPTConfig]] = SparseGPTConfig
+    statistics: ClassVar[frozenset[str]] = frozenset({"hessian"})
+
+    def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
+                     nm: tuple[int, int] | None) -> PrunedLayer:
+        if stats is None or stats.hessian is None:  # no activations: magnitude within rows, no update
+            if nm is not None:
+                from pts_hf.ops.nm import nm_mask
+
+                keep = nm_mask(weight.abs(), *nm)
+            else:
+                keep = rowwise_prune_mask(weight.abs().float(), n_zero)
+            return PrunedLayer(weight * keep, keep)
+        w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
+                                  self.options.blocksize, self.options.dampening)
+        return PrunedLayer(w, keep)
