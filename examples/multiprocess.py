@@ -1,6 +1,7 @@
 """Calibration over several processes: ``torchrun --nproc_per_node 2 examples/multiprocess.py`` (or
 ``accelerate launch``). Each process takes every other calibration batch; gradients (thresholds included) are
-averaged, so every process ends with the same sparse weights, which this script checks."""
+averaged for the distilling methods, layer statistics (Hessians, input norms) are summed for the layer-wise ones,
+so every process ends with the same sparse weights and masks, which this script checks."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pts_hf
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--method", default="fcpts", choices=["fcpts", "unipts"])
+    p.add_argument("--method", default="fcpts", choices=["fcpts", "unipts", "sparsegpt", "wanda", "pot"])
     p.add_argument("--steps", type=int, default=6)
     args = p.parse_args()
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -24,8 +25,8 @@ def main() -> None:
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
                           nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
     x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    r = pts_hf.sparsify(model, x, method=args.method, sparsity=0.8, steps=args.steps, batch_size=8, progress=False,
-                        accelerator=acc)
+    options = {"steps": args.steps, "progress": False} if args.method in ("fcpts", "unipts") else {}
+    r = pts_hf.sparsify(model, x, method=args.method, sparsity=0.8, batch_size=8, accelerator=acc, **options)
     flat = torch.cat([p.detach().reshape(-1) for p in r.model.parameters()]).to(acc.device)
     if dist.is_initialized():
         gathered = acc.gather(flat.unsqueeze(0))
