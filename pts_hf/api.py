@@ -85,6 +85,18 @@ class SparsifyResult:
                 f"seconds={self.seconds:.2f})")
 
 
+def _training_modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _restore_training_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    """Put every submodule back in the train/eval mode it had (matched by name: the work copy's names are the
+    input's, parametrization containers aside)."""
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
+
+
 def _make_accelerator(config: SparsityConfig) -> Any:
     from accelerate import Accelerator
 
@@ -107,6 +119,7 @@ def sparsify(
     targets: list[str] | None = None,
     ignore: list[str] | None = None,
     accelerator: Any = None,
+    progress: bool = True,
     **options: Any,
 ) -> SparsifyResult:
     """Sparsify ``model`` to exactly ``sparsity`` zeros over its targeted weights.
@@ -121,6 +134,8 @@ def sparsify(
         inplace: modify ``model`` itself instead of a deep copy.
         targets / ignore: layer patterns (see :mod:`pts_hf.targets`).
         accelerator: an ``accelerate.Accelerator`` to use (one is created otherwise).
+        progress: show progress (a bar on a terminal, a line every 30 s otherwise); a UI setting, valid for
+            every method.
         **options: the method's own options (its config dataclass fields).
 
     Every argument is checked before any work starts; on bad input the model is left untouched.
@@ -131,10 +146,12 @@ def sparsify(
     found = discover_targets(model, config.targets, config.ignore)
     check_finite_weights(found)
     sparsifier = cls(config)
+    sparsifier.show_progress = bool(progress)
     calib = CalibrationData(data, config.batch_size) if (data is not None or sparsifier.requires_data()) else None
 
     start = time.perf_counter()
     torch.manual_seed(seed)
+    modes = _training_modes(model)
     work = model if inplace else copy.deepcopy(model)
     if accelerator is None:
         accelerator = _make_accelerator(config)
@@ -143,8 +160,10 @@ def sparsify(
         details = sparsifier.calibrate(work, calib, accelerator)
     except BaseException:
         sparsifier.remove()
+        _restore_training_modes(work, modes)
         raise
     sparsifier.squash_mask()
+    _restore_training_modes(work, modes)  # every method returns the model in the mode(s) it came in
     seconds = time.perf_counter() - start
     if calib is not None:
         details.setdefault("calibration_batches", len(calib))

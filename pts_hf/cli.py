@@ -8,11 +8,15 @@ written nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sparsify", help="sparsify a model on calibration data",
         description="Sparsify MODEL to an exact global sparsity using unlabeled calibration images from DATA. "
                     f"With neither --model nor --data it runs the embedded default: the bundled {DEFAULT_MODEL} on "
-                    "Fashion-MNIST at 90%% with FCPTS, and prints dense vs sparse test accuracy.")
+                    "Fashion-MNIST at 90% with FCPTS, and prints dense vs sparse test accuracy.")
     sp.add_argument("--model", help="bundled name (resnet20-fmnist, vit-fmnist), a folder (HF config.json or a "
                                     "pts-hf output), or a timm model name (pretrained weights need internet)")
     sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
@@ -124,10 +128,29 @@ def _check_fits(model: Any, x: Any) -> None:
                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def _top1(model: Any, dataset: Any, batch_size: int) -> float:
+def _top1(model: Any, dataset: Any, batch_size: int, progress: bool = False) -> float:
     from pts_hf.data import evaluate_top1
 
-    return evaluate_top1(model, dataset, batch_size=batch_size)
+    return evaluate_top1(model, dataset, batch_size=batch_size, progress=progress)
+
+
+@contextlib.contextmanager
+def _stage(text: str, after_s: float = 2.0) -> Iterator[None]:
+    """One line on stderr when a stage (loading, evaluation) is still running after ``after_s`` seconds, so a long
+    silence is explained while quick failures stay one line."""
+    timer = threading.Timer(after_s, lambda: print(f"pts-hf: {text} ...", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Warnings as one plain line (no file name, line number or source line)."""
+    print(f"pts-hf: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
 def _save_model(loaded: Any, model: Any, folder: Path) -> None:
@@ -151,6 +174,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if (args.model is None) != (args.data is None):
         raise CLIError("give both --model and --data, or neither for the embedded default")
     embedded = args.model is None
+    progress = not args.no_progress
     if embedded:
         args.model, args.data, args.eval = DEFAULT_MODEL, DEFAULT_DATA, True
     _check_output(args.output, args.overwrite)
@@ -158,34 +182,37 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     options = dict(args.option)
     if args.steps is not None:
         options["steps"] = args.steps
-    if args.no_progress:
-        options.setdefault("progress", False)
     cls = pts_hf.get_sparsifier_class(args.method)
     try:  # every option checked before anything is loaded
         cls.config_class.from_options(sparsity=args.sparsity, allocation=args.allocation, seed=args.seed,
                                       batch_size=args.batch_size, **options)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from e
-    if "progress" not in cls.config_class.field_names():
-        options.pop("progress", None)
 
-    loaded = resolve_model(args.model)
-    calib = load_images(args.data, "train", loaded.inputs, n=args.calib_samples, seed=args.seed)
-    images = calib.tensors[0]
-    _check_fits(loaded.model, images)
-    test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples, seed=args.seed) if args.eval else None
+    with _stage(f"loading {args.model}"):
+        loaded = resolve_model(args.model)
+    with _stage(f"loading {args.data} ({args.calib_samples} calibration images" + (", test split)" if args.eval
+                                                                                   else ")")):
+        calib = load_images(args.data, "train", loaded.inputs, n=args.calib_samples, seed=args.seed)
+        images = calib.tensors[0]
+        _check_fits(loaded.model, images)
+        test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples, seed=args.seed) if args.eval \
+            else None
 
     print(f"pts-hf: {args.method} on {args.model} ({args.data}), target sparsity {args.sparsity}, "
           f"{len(images)} calibration images", flush=True)
     extra: dict[str, Any] = {"model": args.model, "data": args.data, "calibration_samples": len(images),
                              "command": "pts-hf " + " ".join(sys.argv[1:])}
     if test is not None:
-        extra["dense_top1"] = _top1(loaded.model, test, 256)
+        with _stage(f"evaluating the dense model on {len(test)} test images", 0.0):
+            extra["dense_top1"] = _top1(loaded.model, test, 256, progress)
     torch.manual_seed(args.seed)
     result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
-                             allocation=args.allocation, seed=args.seed, batch_size=args.batch_size, **options)
+                             allocation=args.allocation, seed=args.seed, batch_size=args.batch_size,
+                             progress=progress, **options)
     if test is not None:
-        extra["sparse_top1"] = _top1(result.model, test, 256)
+        with _stage(f"evaluating the sparse model on {len(test)} test images", 0.0):
+            extra["sparse_top1"] = _top1(result.model, test, 256, progress)
         extra["eval_samples"] = len(test)
     report = make_report(result, extra)
     print(format_layer_table(report))
@@ -262,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
     except (CLIError, SpecError, FileNotFoundError) as e:
         print(f"pts-hf: error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from torch import nn
 
 from pts_hf.calibration import CalibrationData, augment_batch, forward_batch, recalibrate_batchnorm
 from pts_hf.config import DistillationConfig
+from pts_hf.progress import progress_bar
 
 if TYPE_CHECKING:
     from pts_hf.sparsifiers.base import PTSSparsifier
@@ -62,6 +63,18 @@ def _sharded(data: CalibrationData, index: int, count: int):
                 yield batch
 
 
+def _postfix(sparsifier: PTSSparsifier, logs: dict[str, float]) -> dict[str, str]:
+    """What the progress bar shows: the KL part when the method reports one (UniPTS's base-decayed objective
+    is not a KL and is negative), else the loss; and the current global sparsity of the masks."""
+    shown = {"kl": f"{logs['kl']:.4f}"} if "kl" in logs else {"loss": f"{logs['loss']:.4f}"}
+    current = logs.get("sparsity")
+    if current is None:
+        with torch.no_grad():
+            current = sparsifier.global_sparsity()
+    shown["sparsity"] = f"{current:.4f}"
+    return shown
+
+
 def run_distillation(
     sparsifier: PTSSparsifier,
     model: nn.Module,
@@ -71,8 +84,6 @@ def run_distillation(
     config: DistillationConfig,
 ) -> dict[str, Any]:
     """Optimise ``model`` (prepared by ``sparsifier``) to match ``teacher`` on ``data`` for ``config.steps``."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(config.seed)
     n_batches = len(data)
     if n_batches * 10 < config.steps:
@@ -110,8 +121,8 @@ def run_distillation(
 
     history: list[dict[str, float]] = []
     batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(range(config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
-               disable=not (config.progress and accelerator.is_main_process), leave=False)
+    bar = progress_bar(range(config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
+                       enabled=sparsifier.show_progress and accelerator.is_main_process, unit="step")
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
     for step in bar:
         batch = augment_batch(next(batches), config.augment, aug_gen)
@@ -140,7 +151,7 @@ def run_distillation(
         logs = {"step": step, "loss": float(loss.detach()), **logs}
         history.append(logs)
         if step % 10 == 0 or step == config.steps - 1:
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", sparsity=f"{logs.get('sparsity', float('nan')):.4f}")
+            bar.set_postfix(_postfix(sparsifier, logs))
     bar.close()
     model = accelerator.unwrap_model(wrapped)
     model.eval()

@@ -96,8 +96,8 @@ class PTSCallback(TrainerCallback):
         cls = get_sparsifier_class(method)
         if not hasattr(cls, "compute_loss"):
             raise ValueError(f"method {method!r} has no training loss; use pts_hf.sparsify(..., method={method!r})")
-        options.setdefault("progress", False)
         self.sparsifier = cls(sparsity=sparsity, **options)
+        self.sparsifier.show_progress = False  # the Trainer shows its own
         self.label_loss_weight = float(label_loss_weight)
         self.model: Any = None
         self.teacher: Any = None

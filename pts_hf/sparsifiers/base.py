@@ -81,6 +81,7 @@ class PTSSparsifier(BaseSparsifier):
         self.teacher: nn.Module | None = None
         self._squashed = False
         self.final_layer_sparsity: dict[str, float] = {}
+        self.show_progress: bool = True  # a UI setting, not a method option: pts_hf.sparsify(progress=...) sets it
 
     # --- preparation ------------------------------------------------------------------------------------------
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:

@@ -24,9 +24,10 @@ from torch import nn
 
 from pts_hf.calibration import CalibrationData, batch_size_of, forward_batch
 from pts_hf.config import DistillationConfig, help_field
-from pts_hf.losses import base_decayed_kl, extract_output, reconstruction_loss
+from pts_hf.losses import base_decayed_kl, extract_output, kl_distillation, reconstruction_loss
 from pts_hf.ops.allocation import allocate
 from pts_hf.parametrize import DynamicMask, FixedMask, PTSParametrization
+from pts_hf.progress import progress_bar
 from pts_hf.search import MaskFitness, genes_to_sparsities, logit_genes_for, regrow_genes_for, run_evolution
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeSparsifier
@@ -151,7 +152,9 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         if o.loss_fn is None and o.objective == "base_decayed" and kind == "logits" and o.reconstruction != "mse":
             tau = o.tau0 * o.gamma ** math.floor(epoch)
             t, _ = extract_output(teacher_output)
-            return base_decayed_kl(s, t, o.temperature, tau), {"tau": tau}
+            with torch.no_grad():  # what to show: the objective's raw value is a cross-entropy minus a constant
+                kl = float(kl_distillation(s.detach(), t, o.temperature))
+            return base_decayed_kl(s, t, o.temperature, tau), {"tau": tau, "kl": kl}
         loss = reconstruction_loss(student_output, teacher_output, kind=o.reconstruction,
                                    temperature=o.temperature, loss_fn=o.loss_fn)
         return loss, {}
@@ -185,9 +188,7 @@ class UniPTSSparsifier(MagnitudeSparsifier):
             initial = [logit_genes_for(erk, o.max_layer_sparsity)]
         else:
             initial = [regrow_genes_for(erk, numels, o.sparsity, o.delta), torch.zeros(len(numels))]
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=o.generations, desc="unipts search", disable=not o.progress, leave=False)
+        bar = progress_bar(total=o.generations, desc="unipts search", enabled=self.show_progress, unit="gen")
 
         def tick(gen: int, best: float) -> None:
             bar.update(1)

@@ -1,0 +1,217 @@
+"""What a new user hits (issue 11): UI flags for every method, train/eval mode and dtype of the returned model,
+quiet logs under a non-terminal, plain CLI warnings."""
+
+import io
+import sys
+
+import pytest
+import torch
+
+import pts_hf
+from pts_hf.cli import build_parser, main
+from pts_hf.progress import LineProgress, progress_bar
+from pts_hf.sparsifiers import SPARSIFIERS
+from tests.tiny_models import small_cnn
+
+X = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+FAST = {"fcpts": {"steps": 3, "batch_size": 16},
+        "unipts": {"steps": 3, "batch_size": 16, "population": 2, "generations": 1, "parents": 1,
+                   "search_samples": 16, "fitness_samples": 16},
+        "magnitude": {}}
+
+
+# --- item 5: progress is a UI setting valid for every method ---------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SPARSIFIERS))
+def test_progress_flag_works_with_every_method(method):
+    for progress in (False, True):
+        r = pts_hf.sparsify(small_cnn(), X, method=method, sparsity=0.5, progress=progress, **FAST.get(method, {}))
+        assert abs(r.global_sparsity - 0.5) < 1e-3
+
+
+@pytest.mark.parametrize("method", sorted(SPARSIFIERS))
+def test_progress_is_not_a_method_option(method):
+    assert "progress" not in SPARSIFIERS[method].config_class.field_names()
+    assert SPARSIFIERS[method](sparsity=0.5).show_progress is True
+
+
+def test_cli_no_progress_accepted_for_magnitude(monkeypatch, capsys):
+    """The flag reaches pts_hf.sparsify as progress=False (no 'unknown option' error) for magnitude."""
+    seen = {}
+    import pts_hf.cli as cli
+
+    def fake_run(args):
+        seen["no_progress"] = args.no_progress
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_sparsify", fake_run)
+    assert main(["sparsify", "--method", "magnitude", "--no-progress"]) == 0
+    assert seen == {"no_progress": True}
+
+
+def test_cli_magnitude_no_progress_end_to_end(tmp_path, capsys, monkeypatch):
+    """The whole CLI path with --method magnitude --no-progress on a tiny folder of images."""
+    from pts_hf import sources
+
+    calls = {}
+    real = pts_hf.sparsify
+
+    def spy(*a, **k):
+        calls.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(pts_hf, "sparsify", spy)
+    folder = _image_folder(tmp_path)
+    code = main(["sparsify", "--model", "resnet20-fmnist", "--data", str(folder), "--method", "magnitude",
+                 "--no-progress", "--calib-samples", "8", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    if code == 2 and "weights" in err:  # bundled weights missing in this checkout
+        pytest.skip(err)
+    assert code == 0, err
+    assert calls["progress"] is False and "progress" not in pts_hf.MagnitudeConfig.field_names()
+    assert sources  # imported for the folder loader
+
+
+def _image_folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        d = root / c
+        d.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(d / f"{i}.png")
+    return root
+
+
+# --- item 7: mode and dtype ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SPARSIFIERS))
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_model_returned_in_the_mode_it_came_in(method, inplace, mode):
+    model = small_cnn()
+    if mode == "eval":
+        model.eval()
+    elif mode == "mixed":
+        model.train()
+        model[1].eval()  # a BatchNorm frozen by the user
+    before = {n: m.training for n, m in model.named_modules()}
+    r = pts_hf.sparsify(model, X, method=method, sparsity=0.5, inplace=inplace, progress=False,
+                        **FAST.get(method, {}))
+    assert {n: m.training for n, m in r.model.named_modules()} == before
+    assert {n: m.training for n, m in model.named_modules()} == before
+
+
+def test_mode_restored_after_an_error_inplace():
+    model = small_cnn().train()
+
+    def bad():
+        yield X[:8]
+        raise KeyError("broken data")
+
+    with pytest.raises(KeyError):
+        pts_hf.sparsify(model, bad(), method="fcpts", sparsity=0.5, steps=3, inplace=True, progress=False)
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["magnitude", "fcpts"])
+def test_half_precision_model_with_fp32_data(method, dtype):
+    model = small_cnn().to(dtype)
+    r = pts_hf.sparsify(model, X, method=method, sparsity=0.5, progress=False, **FAST[method])
+    assert abs(r.global_sparsity - 0.5) < 1e-3
+    assert all(p.dtype == dtype for p in r.model.parameters())
+    with torch.no_grad():
+        out = r.model(X[:4].to(dtype))
+    assert torch.isfinite(out).all()
+
+
+def test_integer_inputs_keep_their_dtype():
+    from pts_hf.calibration import to_device
+
+    ids = torch.arange(6).view(2, 3)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    out = to_device({"input_ids": ids, "mask": mask, "x": torch.zeros(2)}, "cpu", torch.bfloat16)
+    assert out["input_ids"].dtype == torch.long and out["mask"].dtype == torch.bool
+    assert out["x"].dtype == torch.bfloat16
+
+
+# --- item 8: noise ---------------------------------------------------------------------------------------------
+def test_non_tty_progress_writes_few_plain_lines(monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)  # not a terminal
+    bar = progress_bar(range(500), desc="fcpts 90%", enabled=True, unit="step")
+    assert isinstance(bar, LineProgress)
+    for i in bar:
+        if i % 10 == 0:
+            bar.set_postfix({"loss": "0.1", "sparsity": "0.9000"})
+    text = buf.getvalue()
+    assert "\r" not in text
+    assert text.count("\n") <= 2  # a line per 30 s, and one at the end
+    assert "fcpts 90%: 500/500 (100%) step" in text and "sparsity=0.9000" in text
+
+
+def test_non_tty_progress_periodic_lines(monkeypatch):
+    buf = io.StringIO()
+    bar = LineProgress(total=4, desc="x", interval=0.0, file=buf)
+    for _ in range(4):
+        bar.update()
+    bar.close()
+    assert buf.getvalue().count("\n") == 5  # every update (interval 0) + the final line
+    disabled = io.StringIO()
+    with LineProgress(total=3, enabled=False, file=disabled) as bar:
+        bar.update(3)
+    assert disabled.getvalue() == ""
+
+
+def test_unipts_bar_shows_kl_and_sparsity(monkeypatch):
+    import pts_hf.training as training
+
+    shown = []
+
+    class Spy(LineProgress):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kw):
+            shown.append({**(ordered_dict or {}), **kw})
+            super().set_postfix(ordered_dict, refresh, **kw)
+
+    monkeypatch.setattr(training, "progress_bar", lambda it=None, **kw: Spy(it, **{**kw, "enabled": False}))
+    pts_hf.sparsify(small_cnn(), X, method="unipts", sparsity=0.6, **FAST["unipts"])
+    assert shown
+    for s in shown:
+        assert s["sparsity"] != "nan" and abs(float(s["sparsity"]) - 0.6) < 0.01
+        assert float(s["kl"]) >= 0  # a KL, not the base-decayed objective's negative raw value
+
+
+def test_cli_help_has_no_double_percent(capsys):
+    with pytest.raises(SystemExit):
+        main(["sparsify", "--help"])
+    out = capsys.readouterr().out
+    assert "%%" not in out and "90%" in out
+    assert build_parser() is not None
+
+
+def test_cli_warnings_are_one_plain_line(monkeypatch, capsys):
+    import warnings
+
+    import pts_hf.cli as cli
+
+    def warn(args):
+        warnings.warn("calibration data holds 16 batches for 500 steps", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_evaluate", warn)
+    assert main(["evaluate", "--model", "m"]) == 0
+    err = capsys.readouterr().err
+    assert err == "pts-hf: warning: calibration data holds 16 batches for 500 steps\n"
+
+
+def test_distillation_config_drops_saved_progress_key_with_warning():
+    with pytest.warns(UserWarning, match="progress"):
+        cfg = pts_hf.FCPTSConfig.from_dict({"sparsity": 0.5, "progress": False})
+    assert cfg.sparsity == 0.5
+
+
+def test_line_progress_not_iterable_without_iterable():
+    with pytest.raises(TypeError):
+        iter(LineProgress(total=3)).__next__()
+
+
