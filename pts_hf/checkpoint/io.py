@@ -24,7 +24,8 @@ from torch.nn.utils import parametrize
 from pts_hf.checkpoint.bitmask import BITMASK_SUFFIX, SHAPE_SUFFIX, is_worth_compressing, pack, unpack
 from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar, read_sidecar, validate_sidecar
 
-__all__ = ["BITMASK_QUANT_METHOD", "load_sparse", "read_safetensors", "resolve_folder", "save_sparse"]
+__all__ = ["BITMASK_QUANT_METHOD", "load_sparse", "read_safetensors", "resolve_folder", "save_sparse",
+           "write_text_atomic"]
 
 BITMASK_QUANT_METHOD = "pts_hf_bitmask"
 FORMATS = ("dense", "bitmask")
@@ -33,6 +34,18 @@ _INDEX = "model.safetensors.index.json"
 
 def _is_hf(model: nn.Module) -> bool:
     return hasattr(model, "save_pretrained") and hasattr(model, "config")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place (no half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
