@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import threading
@@ -27,7 +26,11 @@ DEFAULT_DATA = "fashion-mnist"
 
 
 class CLIError(Exception):
-    """Reported as one line on stderr, exit code 2."""
+    """Reported as one line on stderr, exit code 2 (bad input) unless ``code`` says otherwise."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
 
 
 def _sparsity(text: str) -> float:
@@ -88,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval", action="store_true", help="report dense and sparse top-1 on the test split")
     sp.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
     sp.add_argument("--output", type=Path, help="write model weights, report.json and allocation.png here")
-    sp.add_argument("--overwrite", action="store_true", help="allow a non-empty --output folder to be replaced")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty --output folder: the files pts-hf writes (and those an earlier "
+                         "pts-hf run listed in its report.json) are replaced, every other file is kept")
     sp.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="a method option (JSON value), e.g. --option threshold_lr=0.02; repeatable")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -108,12 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(path: Path | None, overwrite: bool) -> None:
+    """Before any work: a usable, writable, non-dangerous output folder (see pts_hf.checkpoint.output)."""
     if path is None:
         return
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--output {str(path)!r} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise CLIError(f"--output {str(path)!r} exists and is not empty; pass --overwrite to replace it")
+    from pts_hf.checkpoint.output import OutputLocationError, check_output_location
+
+    try:
+        check_output_location(path, overwrite=overwrite, what="--output")
+    except OutputLocationError as e:
+        raise CLIError(str(e)) from e
+
+
+def _check_output_space(path: Path | None, model: Any) -> None:
+    """Before the work: room for the weights (+ report and chart) where they will be written."""
+    if path is None:
+        return
+    from pts_hf.checkpoint.output import OutputLocationError, check_output_location
+
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 2 * 2**20
+    try:
+        check_output_location(path, overwrite=True, need_bytes=int(need * 1.1), what="--output")
+    except OutputLocationError as e:
+        raise CLIError(str(e)) from e
 
 
 def _check_fits(model: Any, x: Any) -> None:
@@ -164,11 +185,61 @@ def _save_model(loaded: Any, model: Any, folder: Path) -> None:
     (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
 
 
+def _previous_files(out: Path) -> set[str]:
+    """Files an earlier pts-hf run listed in its report.json (replaced by --overwrite); nothing else is touched."""
+    try:
+        report = json.loads((out / "report.json").read_text())
+        return {f for f in report.get("files", []) if isinstance(f, str) and "/" not in f and f not in ("", ".", "..")}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _write_to(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> None:
+    from pts_hf.checkpoint.output import staged_output
+    from pts_hf.report import plot_allocation, write_json_atomic
+
+    with staged_output(out, replace_names=_previous_files(out)) as tmp:
+        _save_model(loaded, model, tmp)
+        plot_allocation(report, tmp / "allocation.png")
+        report = {**report, "files": sorted([f.name for f in tmp.iterdir() if f.is_file()] + ["report.json"])}
+        write_json_atomic(tmp / "report.json", report)
+
+
+def _write_output(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> Path:
+    """Write the result to ``out``; if that fails, ``out`` keeps what it held, and the result (still in memory)
+    goes to a folder the user types (on a terminal) or to a new folder in the system temporary directory."""
+    try:
+        _write_to(loaded, model, report, out)
+        return out
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+    print(f"pts-hf: could not write {out}/ ({reason}); it was left as it was", file=sys.stderr, flush=True)
+    while sys.stdin is not None and sys.stdin.isatty():
+        answer = input("pts-hf: the result is still in memory; another folder to save it to (empty: discard): ")
+        if not answer.strip():
+            raise CLIError(f"could not write {out}/ ({reason}); result discarded", code=1)
+        try:
+            _check_output(Path(answer.strip()), overwrite=False)
+            _write_to(loaded, model, report, Path(answer.strip()))
+            return Path(answer.strip())
+        except Exception as e2:  # CLIError included
+            print(f"pts-hf: could not write there either: {e2}", file=sys.stderr, flush=True)
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="pts-hf-rescue-"))
+        rescue.rmdir()  # staged_output creates it again and removes it if the write fails
+        _write_to(loaded, model, report, rescue)
+    except Exception as e2:
+        raise CLIError(f"could not write {out}/ ({reason}) nor a rescue copy ({type(e2).__name__}: {e2}); "
+                       "nothing was written", code=1) from e2
+    raise CLIError(f"could not write {out}/ ({reason}; it was left as it was); the result was saved to {rescue}/ "
+                   "instead", code=1)
+
+
 def cmd_sparsify(args: argparse.Namespace) -> int:
     import torch
 
     import pts_hf
-    from pts_hf.report import format_layer_table, make_report, plot_allocation, write_json_atomic
+    from pts_hf.report import format_layer_table, make_report
     from pts_hf.sources import check_data_spec, load_images, resolve_model
 
     if (args.model is None) != (args.data is None):
@@ -196,6 +267,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         calib = load_images(args.data, "train", loaded.inputs, n=args.calib_samples, seed=args.seed)
         images = calib.tensors[0]
         _check_fits(loaded.model, images)
+        _check_output_space(args.output, loaded.model)
         test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples, seed=args.seed) if args.eval \
             else None
 
@@ -220,19 +292,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         print(f"dense top-1 {extra['dense_top1']:.2f}%  ->  sparse top-1 {extra['sparse_top1']:.2f}% at "
               f"{result.global_sparsity:.4f} sparsity ({result.seconds:.0f} s)")
     if args.output is not None:
-        out = args.output
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            _save_model(loaded, result.model, tmp)
-            write_json_atomic(tmp / "report.json", report)
-            plot_allocation(report, tmp / "allocation.png")
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.replace(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        out = _write_output(loaded, result.model, report, args.output)
         print(f"wrote {out}/ (weights, report.json, allocation.png)")
     return 0
 
@@ -294,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
     except (CLIError, SpecError, FileNotFoundError) as e:
         print(f"pts-hf: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "code", 2)
     except KeyboardInterrupt:
         print("pts-hf: interrupted", file=sys.stderr)
         return 130

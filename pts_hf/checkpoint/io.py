@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pts_hf.checkpoint.bitmask import BITMASK_SUFFIX, SHAPE_SUFFIX, is_worth_compressing, pack, unpack
+from pts_hf.checkpoint.output import staged_output
 from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar, read_sidecar, validate_sidecar
 
 __all__ = ["BITMASK_QUANT_METHOD", "load_sparse", "read_safetensors", "resolve_folder", "save_sparse",
@@ -110,9 +111,11 @@ def save_sparse(model: nn.Module, save_directory: str | Path, format: str = "den
     side = make_sidecar(format, layer_sparsity, layer_numel, global_s, result, metrics)
 
     out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pts_hf-save-", dir=out))
-    try:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"save_directory {str(out)!r} exists and is not a folder")
+    # files go to a temporary folder, then into place; on a failure the folder keeps what it held before and no
+    # folder created here stays behind
+    with staged_output(out) as tmp:
         if _is_hf(model):
             model.save_pretrained(tmp)
         else:
@@ -132,10 +135,6 @@ def save_sparse(model: nn.Module, save_directory: str | Path, format: str = "den
                 cfg["quantization_config"] = {"quant_method": BITMASK_QUANT_METHOD, "format_version": 1}
                 (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         (tmp / SIDECAR_NAME).write_text(json.dumps(side, indent=2) + "\n")
-        for f in tmp.iterdir():
-            f.replace(out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
