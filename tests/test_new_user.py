@@ -215,3 +215,34 @@ def test_line_progress_not_iterable_without_iterable():
         iter(LineProgress(total=3)).__next__()
 
 
+
+
+# --- item 9: install ----------------------------------------------------------------------------------------------
+def test_readme_install_names_the_data_step_and_the_size():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    install = text[text.index("## Install"):text.index("## Test")]
+    block = install[install.index("```bash"):install.index("```", install.index("```bash") + 3)]
+    assert 'pip install -e ".[dev]"' in block
+    assert "apt-get install dataset-fashion-mnist" in block  # the default job's data is an Install step
+    assert "6 GB" in block
+    assert "PTS_HF_FASHION_MNIST" in install
+
+
+def test_missing_fashion_mnist_stops_before_work_naming_the_install_step(monkeypatch, capsys):
+    import datasets
+
+    import pts_hf.data as data
+
+    monkeypatch.setattr(data, "find_fashion_mnist_dir", lambda root=None: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    data._load_cached.cache_clear()
+    monkeypatch.setattr(pts_hf, "sparsify", lambda *a, **k: pytest.fail("work started"))
+    try:
+        code = main(["sparsify", "--no-progress"])
+    finally:
+        data._load_cached.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in err and "PTS_HF_FASHION_MNIST" in err
