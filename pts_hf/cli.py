@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -97,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="a method option (JSON value), e.g. --option threshold_lr=0.02; repeatable")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sp.add_argument("--checkpoint-dir", type=Path,
+                    help="where fcpts / unipts save their state while running (default: OUTPUT.checkpoint next to "
+                         "--output, or a folder in the system temporary directory); removed after a successful run")
+    sp.add_argument("--checkpoint-every", type=_positive, default=50, help="steps between checkpoints")
+    sp.add_argument("--resume", type=Path, metavar="DIR",
+                    help="continue an interrupted run from its checkpoint folder (give the same other arguments)")
 
     ev = sub.add_parser("evaluate", help="top-1 accuracy of a (sparse) model",
                         description="Top-1 accuracy and global sparsity of MODEL on DATA's test split.")
@@ -260,6 +268,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from e
 
+    checkpoint_dir = _checkpoint_dir(args)
     with _stage(f"loading {args.model}"):
         loaded = resolve_model(args.model)
     with _stage(f"loading {args.data} ({args.calib_samples} calibration images" + (", test split)" if args.eval
@@ -274,14 +283,20 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     print(f"pts-hf: {args.method} on {args.model} ({args.data}), target sparsity {args.sparsity}, "
           f"{len(images)} calibration images", flush=True)
     extra: dict[str, Any] = {"model": args.model, "data": args.data, "calibration_samples": len(images),
-                             "command": "pts-hf " + " ".join(sys.argv[1:])}
+                             "command": _command(args)}
     if test is not None:
         with _stage(f"evaluating the dense model on {len(test)} test images", 0.0):
             extra["dense_top1"] = _top1(loaded.model, test, 256, progress)
     torch.manual_seed(args.seed)
-    result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
-                             allocation=args.allocation, seed=args.seed, batch_size=args.batch_size,
-                             progress=progress, **options)
+    try:
+        result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
+                                 allocation=args.allocation, seed=args.seed, batch_size=args.batch_size,
+                                 progress=progress, checkpoint_dir=checkpoint_dir,
+                                 checkpoint_every=args.checkpoint_every, resume_from=args.resume, **options)
+    except ValueError as e:
+        if args.resume is not None and ("checkpoint" in str(e) or "resume" in str(e)):
+            raise CLIError(f"--resume {args.resume}: {e}") from e
+        raise
     if test is not None:
         with _stage(f"evaluating the sparse model on {len(test)} test images", 0.0):
             extra["sparse_top1"] = _top1(result.model, test, 256, progress)
@@ -294,7 +309,51 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.output is not None:
         out = _write_output(loaded, result.model, report, args.output)
         print(f"wrote {out}/ (weights, report.json, allocation.png)")
+    _remove_checkpoint(checkpoint_dir)
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if "--resume" in argv:  # the command to continue with names the checkpoint once
+        i = argv.index("--resume")
+        del argv[i:i + 2]
+    return "pts-hf " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    """The work folder of this run, checked before any work."""
+    from pts_hf.checkpoint.output import OutputLocationError, check_output_location
+    from pts_hf.resume import STATE_FILE
+
+    if args.checkpoint_dir is not None:
+        d = args.checkpoint_dir
+    elif args.resume is not None:
+        d = args.resume
+    elif args.output is not None:
+        d = args.output.with_name(args.output.name + ".checkpoint")
+    else:
+        d = Path(tempfile.gettempdir()) / f"pts-hf-checkpoint-{os.getpid()}"
+    if args.resume is not None and not (args.resume / STATE_FILE).is_file():
+        raise CLIError(f"--resume {str(args.resume)!r} holds no checkpoint ({STATE_FILE})")
+    if args.resume is None and (d / STATE_FILE).is_file():
+        raise CLIError(f"{str(d)!r} holds the checkpoint of an earlier run: continue it with --resume {d}, or "
+                       "delete the folder")
+    try:
+        check_output_location(d, overwrite=True, what="checkpoint folder")
+    except OutputLocationError as e:
+        raise CLIError(str(e)) from e
+    return d
+
+
+def _remove_checkpoint(d: Path) -> None:
+    """After success: the work folder's own files, then the folder if that left it empty."""
+    from pts_hf.resume import META_FILE, STATE_FILE
+
+    for name in (STATE_FILE, META_FILE):
+        (d / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        d.rmdir()
 
 
 def _measured_sparsity(model: Any) -> float:
@@ -347,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -355,8 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, SpecError, FileNotFoundError) as e:
         print(f"pts-hf: error: {e}", file=sys.stderr)
         return getattr(e, "code", 2)
-    except KeyboardInterrupt:
-        print("pts-hf: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        from pts_hf.resume import Interrupted
+
+        if isinstance(e, Interrupted) and e.directory is not None:
+            print(f"pts-hf: interrupted at step {e.step}; checkpoint in {e.directory}/; continue with: "
+                  f"{_command(args)} --resume {shlex.quote(str(e.directory))}", file=sys.stderr)
+        else:
+            print("pts-hf: interrupted (nothing to resume from: the run had not reached its training loop)",
+                  file=sys.stderr)
         return 130
     if args.command == "sparsify":
         print(f"done in {time.perf_counter() - start:.0f} s")

@@ -117,6 +117,7 @@ class UniPTSSparsifier(MagnitudeSparsifier):
     config_class: ClassVar[type[UniPTSConfig]] = UniPTSConfig
     needs_data: ClassVar[bool] = True
     keeps_teacher: ClassVar[bool] = True
+    resume_attrs: ClassVar[tuple[str, ...]] = ("_steps",)
 
     def __init__(self, config: UniPTSConfig | None = None, **options: Any):
         super().__init__(config, **options)
@@ -212,8 +213,19 @@ class UniPTSSparsifier(MagnitudeSparsifier):
     def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
         teacher, accelerator = self._teacher_and_accelerator(accelerator)
         details: dict[str, Any] = {}
-        if self.options.search:
+        ckpt = getattr(self, "run_checkpoint", None)
+        resumed = (ckpt.resume or {}).get("search") if ckpt is not None else None
+        if self.options.search and resumed is not None:  # resuming: the search was done before the interrupt
+            details.update(resumed["details"])
+            for g in self.groups:
+                g["sparsity_level"] = float(resumed["levels"][g["tensor_fqn"]])
+            ckpt.search = resumed
+        elif self.options.search:
             details.update(self.search_allocation(model, data))
+            if ckpt is not None:  # the search is the long first phase: keep its result
+                ckpt.search = {"details": details.copy(),
+                               "levels": {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}}
+                ckpt.save({"method": self.method}, 0, self.options.steps)
         details["initial_layer_sparsity"] = {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}
         self._steps = 0
         self.step()
