@@ -246,3 +246,60 @@ def test_missing_fashion_mnist_stops_before_work_naming_the_install_step(monkeyp
     err = capsys.readouterr().err
     assert code == 2
     assert "apt-get install dataset-fashion-mnist" in err and "PTS_HF_FASHION_MNIST" in err
+
+
+# --- Also: bad inputs before work, frozen and tied weights -------------------------------------------------------
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(16, 16)
+        self.b = torch.nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.c = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+V = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("method", sorted(SPARSIFIERS))
+def test_tied_weights_pruned_once_and_still_tied(method):
+    r = pts_hf.sparsify(_Tied(), V, method=method, sparsity=0.5, progress=False, **FAST.get(method, {}))
+    assert r.model.a.weight is r.model.b.weight
+    assert set(r.layer_sparsity) == {"a.weight", "c.weight"}
+    assert round(r.global_sparsity * (256 + 64)) == 160
+
+
+@pytest.mark.parametrize("method", ["fcpts", "unipts"])
+def test_frozen_weights_are_pruned_not_trained(method):
+    model = _Tied()
+    model.c.weight.requires_grad_(False)
+    before = model.c.weight.detach().clone()
+    r = pts_hf.sparsify(model, V, method=method, sparsity=0.5, progress=False, **FAST[method])
+    w = r.model.c.weight
+    kept = w != 0
+    assert 0 < float((~kept).float().mean()) < 1  # pruned
+    assert torch.equal(w[kept], before[kept])  # not trained
+    assert not w.requires_grad  # still frozen
+    assert r.model.a.weight.requires_grad
+
+
+@pytest.mark.parametrize("cls", [pts_hf.FCPTSSparsifier, pts_hf.UniPTSSparsifier])
+def test_user_loop_teacher_of_another_architecture_is_a_clear_error(cls):
+    model = small_cnn()
+    sp = cls(sparsity=0.5)
+    sp.prepare(model)
+    other_teacher_out = torch.randn(4, 7)  # e.g. a teacher with another head
+    with pytest.raises(ValueError, match="teacher must be the dense model of the same architecture"):
+        sp.compute_loss(model(X[:4]), other_teacher_out)
+
+
+def test_empty_weight_is_skipped_not_a_crash():
+    model = torch.nn.Sequential(torch.nn.Linear(0, 3), torch.nn.Linear(3, 4))
+    r = pts_hf.sparsify(model, None, method="magnitude", sparsity=0.5, bn_recalibration=False)
+    assert list(r.layer_sparsity) == ["1.weight"]
+    with pytest.raises(ValueError, match="no targetable weights"):
+        pts_hf.sparsify(torch.nn.Sequential(torch.nn.Linear(0, 3)), None, method="magnitude", sparsity=0.5,
+                        bn_recalibration=False)
