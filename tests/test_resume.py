@@ -215,3 +215,36 @@ def test_interrupt_after_the_loop_points_at_its_last_checkpoint(tmp_path, monkey
     assert e.value.step == 8
     monkeypatch.undo()
     _same_weights(ref.model, _run("fcpts", Flaky(), resume_from=tmp_path).model)
+
+
+def test_readme_when_things_go_wrong_snippet(tmp_path, monkeypatch):
+    """README "When things go wrong", exactly as printed: Ctrl-C (simulated at step 130 of the default 500),
+    then the resume in the except branch gives the weights of an uninterrupted run."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = text[text.index("## When things go wrong"):]
+    start = after.index("```python\n") + len("```python\n")
+    snippet = after[start:after.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    calib = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pts_hf.sparsify(small_cnn(), calib, method="fcpts", sparsity=0.9, progress=False)
+    real = fcpts_module.FCPTSSparsifier.compute_loss
+    calls = {"n": 0}
+
+    def ctrl_c_once(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 131:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(fcpts_module.FCPTSSparsifier, "compute_loss", ctrl_c_once)
+    ns = {"pts_hf": pts_hf, "model": small_cnn(), "calib": calib}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(snippet, "README.md", "exec"), ns)
+    assert calls["n"] == 500  # 131 steps, then the remaining 369 after the resume
+    assert (tmp_path / "ckpt" / "state.pt").is_file()
+    _same_weights(ref.model, ns["result"].model)
