@@ -14,7 +14,7 @@ import pts_hf
 from pts_hf.ops.allocation import ALLOCATIONS
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 SHAPES = [(3, 0), (1, 1), (1, 3), (3, 1), (2, 2), (7, 5), (64, 48), (300, 200)]  # 1 element ... 60k
@@ -46,6 +46,9 @@ def _raised_by_pts_hf(e: BaseException) -> bool:
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(shapes=[(3, 0)], sparsity=0.0, allocation="erk", seed=0)  # an empty weight (was a ZeroDivisionError)
+@example(shapes=[(3, 0), (1, 1)], sparsity=0.5, allocation="lamp", seed=0)
+@example(shapes=[(1, 1)], sparsity=0.99, allocation="global", seed=0)
 @given(shapes=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4), sparsity=SPARSITY,
        allocation=ALLOCATION, seed=st.integers(0, 3))
 def test_magnitude_exact_or_clean_error(shapes, sparsity, allocation, seed):
@@ -60,6 +63,9 @@ def test_magnitude_exact_or_clean_error(shapes, sparsity, allocation, seed):
     except (ValueError, TypeError) as e:
         assert _raised_by_pts_hf(e), "".join(traceback.format_exception(e))
         assert str(e)
+        valid = isinstance(sparsity, float) and 0.0 <= sparsity < 1.0 and isinstance(allocation, str) \
+            and allocation.lower() in ALLOCATIONS
+        assert not valid or "cannot be reached" in str(e) or "no targetable weights" in str(e), f"refused: {e}"
     else:
         n = sum(r.layer_numel.values())
         zeros = round(r.global_sparsity * n)
