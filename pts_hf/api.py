@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pts_hf.calibration import CalibrationData
+from pts_hf.checkpoint.output import check_writable
 from pts_hf.config import SparsityConfig
 from pts_hf.resume import Interrupted, RunCheckpoint, model_fingerprint, read_checkpoint
 from pts_hf.sparsifiers import get_sparsifier_class
@@ -111,8 +112,7 @@ def _run_checkpoint(model: nn.Module, config: SparsityConfig, method: str, check
         return None
     resume = read_checkpoint(resume_from) if resume_from is not None else None
     directory = Path(checkpoint_dir if checkpoint_dir is not None else resume_from)  # type: ignore[arg-type]
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"checkpoint_dir {str(directory)!r} exists and is not a folder")
+    check_writable(directory, "checkpoint_dir")  # an OutputLocationError (a ValueError) before any work
     ckpt = RunCheckpoint(directory, every or DEFAULT_CHECKPOINT_EVERY, resume, config.to_dict(),
                          model_fingerprint(model))
     ckpt.check_matches(method)

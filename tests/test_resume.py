@@ -141,6 +141,8 @@ def test_checkpoint_options_checked_before_work():
         pts_hf.sparsify(small_cnn(), X, method="fcpts", checkpoint_every=5)
     with pytest.raises(ValueError, match="is not a folder"):
         pts_hf.sparsify(small_cnn(), X, method="fcpts", resume_from="/no/such/dir")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        pts_hf.sparsify(small_cnn(), X, method="fcpts", checkpoint_dir=__file__)
 
 
 def test_interrupt_without_checkpoint_dir_says_nothing_was_saved(monkeypatch):

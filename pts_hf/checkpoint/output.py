@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["OutputLocationError", "check_output_location", "folder_bytes", "staged_output"]
+__all__ = ["OutputLocationError", "check_output_location", "check_writable", "folder_bytes", "staged_output"]
 
 
 class OutputLocationError(ValueError):
@@ -85,6 +85,17 @@ def check_output_location(path: str | Path, *, overwrite: bool = False, need_byt
             raise OutputLocationError(f"{what} {str(path)!r}: about {need_bytes / 2**20:.1f} MiB needed but only "
                                       f"{free / 2**20:.1f} MiB free on that filesystem; free space or choose "
                                       "another folder")
+
+
+def check_writable(path: str | Path, what: str = "folder") -> None:
+    """Files can be created at ``path`` (or, if it does not exist yet, in its nearest existing parent)."""
+    resolved = Path(path).expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise OutputLocationError(f"{what} {str(path)!r} exists and is not a folder")
+    base = _existing_ancestor(resolved)
+    if not base.is_dir():
+        raise OutputLocationError(f"{what} {str(path)!r}: {str(base)!r} is a file, so the folder cannot be created")
+    _probe_writable(base)
 
 
 def folder_bytes(folder: Path) -> int:
