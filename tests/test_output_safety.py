@@ -184,3 +184,36 @@ def test_staged_output_restores_on_failure_during_the_move(tmp_path, monkeypatch
         (tmp / "b").write_text("new b")
     assert (out / "a").read_text() == "old a" and (out / "b").read_text() == "old b"
     assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+
+
+@needs_bundle
+def test_failed_save_on_a_terminal_asks_where_else(tmp_path, monkeypatch, capsys):
+    """On a terminal the in-memory result goes to the folder the user types (after one more failed try)."""
+    import builtins
+    import sys
+
+    import pts_hf.cli as cli
+
+    real_save = cli._save_model
+    bad = tmp_path / "full"
+
+    def save(loaded, model, folder):
+        if bad in folder.parents:  # anything under the full disk
+            raise OSError(28, "No space left on device")
+        real_save(loaded, model, folder)
+
+    class TTY:
+        def isatty(self):
+            return True
+
+    answers = iter([str(tmp_path / "full" / "x"), str(tmp_path / "elsewhere")])
+    monkeypatch.setattr(cli, "_save_model", save)
+    monkeypatch.setattr(sys, "stdin", TTY())
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
+    code = main([*RUN, "--output", str(bad)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "No space left on device" in err and "could not write there either" in err
+    assert f"wrote {tmp_path / 'elsewhere'}/" in out
+    assert (tmp_path / "elsewhere" / "model.safetensors").is_file()
+    assert not bad.exists()
