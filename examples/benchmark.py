@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             for s in args.sparsities:
                 seeds = []
                 for seed in range(args.seed, args.seed + args.repeats):
-                    r = pts_hf.sparsify(dense, calib, method=method, sparsity=s, seed=seed,
-                                        **{"progress": False, **options} if method in ("fcpts", "unipts") else options)
+                    r = pts_hf.sparsify(dense, calib, method=method, sparsity=s, seed=seed, progress=False,
+                                        **options)
                     seeds.append((evaluate_top1(r.model, test), r.global_sparsity, r.seconds,
                                   r.details.get("search_seconds")))
                 top1 = statistics.median(x[0] for x in seeds)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     calib = Dataset.from_dict(dict(enc)).with_format("torch")
 
     start = time.time()
-    options = {"steps": args.steps, "batch_size": 16, "optimizer": "adamw", "lr": 1e-5, "progress": True}
+    options = {"steps": args.steps, "batch_size": 16, "optimizer": "adamw", "lr": 1e-5}
     if args.method == "magnitude":
         options = {}
     result = pts_hf.sparsify(model, calib, method=args.method, sparsity=args.sparsity, **options)

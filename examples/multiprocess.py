@@ -25,8 +25,9 @@ def main() -> None:
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
                           nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
     x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    options = {"steps": args.steps, "progress": False} if args.method in ("fcpts", "unipts") else {}
-    r = pts_hf.sparsify(model, x, method=args.method, sparsity=0.8, batch_size=8, accelerator=acc, **options)
+    options = {"steps": args.steps} if args.method in ("fcpts", "unipts") else {}
+    r = pts_hf.sparsify(model, x, method=args.method, sparsity=0.8, batch_size=8, accelerator=acc, progress=False,
+                        **options)
     flat = torch.cat([p.detach().reshape(-1) for p in r.model.parameters()]).to(acc.device)
     if dist.is_initialized():
         gathered = acc.gather(flat.unsqueeze(0))

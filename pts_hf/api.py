@@ -12,13 +12,17 @@ import torch
 from torch import nn
 
 from pts_hf.calibration import CalibrationData
+from pts_hf.checkpoint.output import check_writable
 from pts_hf.config import SparsityConfig
 from pts_hf.ops.allocation import NEEDS_ACTIVATIONS
+from pts_hf.resume import Interrupted, RunCheckpoint, model_fingerprint, read_checkpoint
 from pts_hf.sparsifiers import get_sparsifier_class
 from pts_hf.sparsifiers.base import check_finite_weights
 from pts_hf.targets import Target, discover_targets
 
 __all__ = ["SparsifyResult", "measure_sparsity", "sparsify"]
+
+DEFAULT_CHECKPOINT_EVERY = 50
 
 
 @torch.no_grad()
@@ -86,6 +90,36 @@ class SparsifyResult:
                 f"seconds={self.seconds:.2f})")
 
 
+def _training_modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _restore_training_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    """Put every submodule back in the train/eval mode it had (matched by name: the work copy's names are the
+    input's, parametrization containers aside)."""
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
+
+
+def _run_checkpoint(model: nn.Module, config: SparsityConfig, method: str, checkpoint_dir: str | Path | None,
+                    every: int | None, resume_from: str | Path | None) -> RunCheckpoint | None:
+    """Checked before any work: the checkpoint options, and that a resumed checkpoint is of this very job."""
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
+    if checkpoint_dir is None and resume_from is None:
+        if every is not None:
+            raise ValueError("checkpoint_every needs checkpoint_dir (the folder to write checkpoints to)")
+        return None
+    resume = read_checkpoint(resume_from) if resume_from is not None else None
+    directory = Path(checkpoint_dir if checkpoint_dir is not None else resume_from)  # type: ignore[arg-type]
+    check_writable(directory, "checkpoint_dir")  # an OutputLocationError (a ValueError) before any work
+    ckpt = RunCheckpoint(directory, every or DEFAULT_CHECKPOINT_EVERY, resume, config.to_dict(),
+                         model_fingerprint(model))
+    ckpt.check_matches(method)
+    return ckpt
+
+
 def _make_accelerator(config: SparsityConfig) -> Any:
     from accelerate import Accelerator
 
@@ -108,6 +142,10 @@ def sparsify(
     targets: list[str] | None = None,
     ignore: list[str] | None = None,
     accelerator: Any = None,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume_from: str | Path | None = None,
     **options: Any,
 ) -> SparsifyResult:
     """Sparsify ``model`` to exactly ``sparsity`` zeros over its targeted weights.
@@ -123,6 +161,13 @@ def sparsify(
         inplace: modify ``model`` itself instead of a deep copy.
         targets / ignore: layer patterns (see :mod:`pts_hf.targets`).
         accelerator: an ``accelerate.Accelerator`` to use (one is created otherwise).
+        progress: show progress (a bar on a terminal, a line every 30 s otherwise); a UI setting, valid for
+            every method.
+        checkpoint_dir: a folder where the learned methods save their state (see :mod:`pts_hf.resume`) every
+            ``checkpoint_every`` steps (default 50), after the loop, and on Ctrl-C.
+        resume_from: a checkpoint folder of an interrupted run with the same model, data and options: the run
+            continues from it and ends with the weights an uninterrupted run gives. New checkpoints go to
+            ``checkpoint_dir`` or, without one, to ``resume_from``.
         **options: the method's own options (its config dataclass fields).
 
     Every argument is checked before any work starts; on bad input the model is left untouched.
@@ -134,10 +179,15 @@ def sparsify(
     found = discover_targets(model, config.targets, config.ignore)
     check_finite_weights(found)
     sparsifier = cls(config)
+    sparsifier.show_progress = bool(progress)
+    run_ckpt = _run_checkpoint(model, config, cls.method, checkpoint_dir, checkpoint_every, resume_from)
+    if run_ckpt is not None:
+        sparsifier.run_checkpoint = run_ckpt
     calib = CalibrationData(data, config.batch_size) if (data is not None or sparsifier.requires_data()) else None
 
     start = time.perf_counter()
     torch.manual_seed(seed)
+    modes = _training_modes(model)
     work = model if inplace else copy.deepcopy(model)
     if accelerator is None:
         accelerator = _make_accelerator(config)
@@ -152,10 +202,17 @@ def sparsify(
     sparsifier.prepare(work)
     try:
         details = sparsifier.calibrate(work, calib, accelerator)
-    except BaseException:
+    except BaseException as e:
         sparsifier.remove()
+        _restore_training_modes(work, modes)
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted) and run_ckpt is not None \
+                and run_ckpt.last_saved_step is not None:  # outside the loop (search, BatchNorm re-estimation)
+            raise Interrupted(f"interrupted; the checkpoint of step {run_ckpt.last_saved_step} in "
+                              f"{run_ckpt.directory}/ is the latest; {run_ckpt.how_to_resume()}",
+                              run_ckpt.directory, run_ckpt.last_saved_step) from e
         raise
     sparsifier.squash_mask()
+    _restore_training_modes(work, modes)  # every method returns the model in the mode(s) it came in
     seconds = time.perf_counter() - start
     if calib is not None:
         details.setdefault("calibration_batches", len(calib))

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "LABEL_KEYS",
     "CalibrationData",
+    "floating_dtype",
     "forward_batch",
     "recalibrate_batchnorm",
     "split_batch",
@@ -176,16 +177,28 @@ def split_batch(batch: Any, model: nn.Module) -> tuple[tuple, dict[str, Any]]:
     return (batch,), {}
 
 
-def to_device(obj: Any, device: torch.device | str | None) -> Any:
-    if device is None:
+def to_device(obj: Any, device: torch.device | str | None, dtype: torch.dtype | None = None) -> Any:
+    """``obj`` (tensors, mappings, lists, tuples of them) moved to ``device``; with ``dtype``, floating tensors
+    are also cast to it (integer ids and boolean masks keep theirs)."""
+    if device is None and dtype is None:
         return obj
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        if dtype is not None and obj.is_floating_point() and obj.dtype != dtype:
+            return obj.to(device=device, dtype=dtype)
+        return obj.to(device) if device is not None else obj
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device, dtype) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)(to_device(v, device, dtype) for v in obj)
     return obj
+
+
+def floating_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (None for a model without one)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
 
 
 def _add_noise(args: tuple, std: float, generator: torch.Generator | None) -> tuple:
@@ -200,9 +213,11 @@ def _add_noise(args: tuple, std: float, generator: torch.Generator | None) -> tu
 
 def forward_batch(model: nn.Module, batch: Any, device: torch.device | str | None = None,
                   noise_std: float = 0.0, generator: torch.Generator | None = None) -> Any:
-    """Run ``model`` on one calibration batch (moved to ``device``)."""
+    """Run ``model`` on one calibration batch (moved to ``device``; floating inputs cast to the model's floating
+    dtype, so fp32 data feeds a bf16 / fp16 model)."""
     args, kwargs = split_batch(batch, model)
-    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    dtype = floating_dtype(model)
+    args, kwargs = to_device(args, device, dtype), to_device(kwargs, device, dtype)
     if noise_std > 0:
         args = _add_noise(args, noise_std, generator)
     return model(*args, **kwargs)

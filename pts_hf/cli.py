@@ -8,11 +8,16 @@ written nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
+import os
+import shlex
 import sys
 import tempfile
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,11 @@ DEFAULT_DATA = "fashion-mnist"
 
 
 class CLIError(Exception):
-    """Reported as one line on stderr, exit code 2."""
+    """Reported as one line on stderr, exit code 2 (bad input) unless ``code`` says otherwise."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
 
 
 def _sparsity(text: str) -> float:
@@ -67,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sparsify", help="sparsify a model on calibration data",
         description="Sparsify MODEL to an exact global sparsity using unlabeled calibration images from DATA. "
                     f"With neither --model nor --data it runs the embedded default: the bundled {DEFAULT_MODEL} on "
-                    "Fashion-MNIST at 90%% with FCPTS, and prints dense vs sparse test accuracy.")
+                    "Fashion-MNIST at 90% with FCPTS, and prints dense vs sparse test accuracy.")
     sp.add_argument("--model", help="bundled name (resnet20-fmnist, vit-fmnist), a folder (HF config.json or a "
                                     "pts-hf output), or a timm model name (pretrained weights need internet)")
     sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
@@ -84,10 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval", action="store_true", help="report dense and sparse top-1 on the test split")
     sp.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
     sp.add_argument("--output", type=Path, help="write model weights, report.json and allocation.png here")
-    sp.add_argument("--overwrite", action="store_true", help="allow a non-empty --output folder to be replaced")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty --output folder: the files pts-hf writes (and those an earlier "
+                         "pts-hf run listed in its report.json) are replaced, every other file is kept")
     sp.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="a method option (JSON value), e.g. --option threshold_lr=0.02; repeatable")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sp.add_argument("--checkpoint-dir", type=Path,
+                    help="where fcpts / unipts save their state while running (default: OUTPUT.checkpoint next to "
+                         "--output, or a folder in the system temporary directory); removed after a successful run")
+    sp.add_argument("--checkpoint-every", type=_positive, default=50, help="steps between checkpoints")
+    sp.add_argument("--resume", type=Path, metavar="DIR",
+                    help="continue an interrupted run from its checkpoint folder (give the same other arguments)")
 
     ev = sub.add_parser("evaluate", help="top-1 accuracy of a (sparse) model",
                         description="Top-1 accuracy and global sparsity of MODEL on DATA's test split.")
@@ -104,12 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(path: Path | None, overwrite: bool) -> None:
+    """Before any work: a usable, writable, non-dangerous output folder (see pts_hf.checkpoint.output)."""
     if path is None:
         return
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--output {str(path)!r} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise CLIError(f"--output {str(path)!r} exists and is not empty; pass --overwrite to replace it")
+    from pts_hf.checkpoint.output import OutputLocationError, check_output_location
+
+    try:
+        check_output_location(path, overwrite=overwrite, what="--output")
+    except OutputLocationError as e:
+        raise CLIError(str(e)) from e
+
+
+def _check_output_space(path: Path | None, model: Any) -> None:
+    """Before the work: room for the weights (+ report and chart) where they will be written."""
+    if path is None:
+        return
+    from pts_hf.checkpoint.output import OutputLocationError, check_output_location
+
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 2 * 2**20
+    try:
+        check_output_location(path, overwrite=True, need_bytes=int(need * 1.1), what="--output")
+    except OutputLocationError as e:
+        raise CLIError(str(e)) from e
 
 
 def _check_fits(model: Any, x: Any) -> None:
@@ -124,10 +157,29 @@ def _check_fits(model: Any, x: Any) -> None:
                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def _top1(model: Any, dataset: Any, batch_size: int) -> float:
+def _top1(model: Any, dataset: Any, batch_size: int, progress: bool = False) -> float:
     from pts_hf.data import evaluate_top1
 
-    return evaluate_top1(model, dataset, batch_size=batch_size)
+    return evaluate_top1(model, dataset, batch_size=batch_size, progress=progress)
+
+
+@contextlib.contextmanager
+def _stage(text: str, after_s: float = 2.0) -> Iterator[None]:
+    """One line on stderr when a stage (loading, evaluation) is still running after ``after_s`` seconds, so a long
+    silence is explained while quick failures stay one line."""
+    timer = threading.Timer(after_s, lambda: print(f"pts-hf: {text} ...", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Warnings as one plain line (no file name, line number or source line)."""
+    print(f"pts-hf: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
 def _save_model(loaded: Any, model: Any, folder: Path) -> None:
@@ -141,16 +193,67 @@ def _save_model(loaded: Any, model: Any, folder: Path) -> None:
     (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
 
 
+def _previous_files(out: Path) -> set[str]:
+    """Files an earlier pts-hf run listed in its report.json (replaced by --overwrite); nothing else is touched."""
+    try:
+        report = json.loads((out / "report.json").read_text())
+        return {f for f in report.get("files", []) if isinstance(f, str) and "/" not in f and f not in ("", ".", "..")}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _write_to(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> None:
+    from pts_hf.checkpoint.output import staged_output
+    from pts_hf.report import plot_allocation, write_json_atomic
+
+    with staged_output(out, replace_names=_previous_files(out)) as tmp:
+        _save_model(loaded, model, tmp)
+        plot_allocation(report, tmp / "allocation.png")
+        report = {**report, "files": sorted([f.name for f in tmp.iterdir() if f.is_file()] + ["report.json"])}
+        write_json_atomic(tmp / "report.json", report)
+
+
+def _write_output(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> Path:
+    """Write the result to ``out``; if that fails, ``out`` keeps what it held, and the result (still in memory)
+    goes to a folder the user types (on a terminal) or to a new folder in the system temporary directory."""
+    try:
+        _write_to(loaded, model, report, out)
+        return out
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+    print(f"pts-hf: could not write {out}/ ({reason}); it was left as it was", file=sys.stderr, flush=True)
+    while sys.stdin is not None and sys.stdin.isatty():
+        answer = input("pts-hf: the result is still in memory; another folder to save it to (empty: discard): ")
+        if not answer.strip():
+            raise CLIError(f"could not write {out}/ ({reason}); result discarded", code=1)
+        try:
+            _check_output(Path(answer.strip()), overwrite=False)
+            _write_to(loaded, model, report, Path(answer.strip()))
+            return Path(answer.strip())
+        except Exception as e2:  # CLIError included
+            print(f"pts-hf: could not write there either: {e2}", file=sys.stderr, flush=True)
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="pts-hf-rescue-"))
+        rescue.rmdir()  # staged_output creates it again and removes it if the write fails
+        _write_to(loaded, model, report, rescue)
+    except Exception as e2:
+        raise CLIError(f"could not write {out}/ ({reason}) nor a rescue copy ({type(e2).__name__}: {e2}); "
+                       "nothing was written", code=1) from e2
+    raise CLIError(f"could not write {out}/ ({reason}; it was left as it was); the result was saved to {rescue}/ "
+                   "instead", code=1)
+
+
 def cmd_sparsify(args: argparse.Namespace) -> int:
     import torch
 
     import pts_hf
-    from pts_hf.report import format_layer_table, make_report, plot_allocation, write_json_atomic
+    from pts_hf.report import format_layer_table, make_report
     from pts_hf.sources import check_data_spec, load_images, resolve_model
 
     if (args.model is None) != (args.data is None):
         raise CLIError("give both --model and --data, or neither for the embedded default")
     embedded = args.model is None
+    progress = not args.no_progress
     if embedded:
         args.model, args.data, args.eval = DEFAULT_MODEL, DEFAULT_DATA, True
     _check_output(args.output, args.overwrite)
@@ -158,34 +261,45 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     options = dict(args.option)
     if args.steps is not None:
         options["steps"] = args.steps
-    if args.no_progress:
-        options.setdefault("progress", False)
     cls = pts_hf.get_sparsifier_class(args.method)
     try:  # every option checked before anything is loaded
         cls.config_class.from_options(sparsity=args.sparsity, allocation=args.allocation, seed=args.seed,
                                       batch_size=args.batch_size, **options)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from e
-    if "progress" not in cls.config_class.field_names():
-        options.pop("progress", None)
 
-    loaded = resolve_model(args.model)
-    calib = load_images(args.data, "train", loaded.inputs, n=args.calib_samples, seed=args.seed)
-    images = calib.tensors[0]
-    _check_fits(loaded.model, images)
-    test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples, seed=args.seed) if args.eval else None
+    checkpoint_dir = _checkpoint_dir(args)
+    with _stage(f"loading {args.model}"):
+        loaded = resolve_model(args.model)
+    with _stage(f"loading {args.data} ({args.calib_samples} calibration images" + (", test split)" if args.eval
+                                                                                   else ")")):
+        calib = load_images(args.data, "train", loaded.inputs, n=args.calib_samples, seed=args.seed)
+        images = calib.tensors[0]
+        _check_fits(loaded.model, images)
+        _check_output_space(args.output, loaded.model)
+        test = load_images(args.data, "test", loaded.inputs, n=args.eval_samples, seed=args.seed) if args.eval \
+            else None
 
     print(f"pts-hf: {args.method} on {args.model} ({args.data}), target sparsity {args.sparsity}, "
           f"{len(images)} calibration images", flush=True)
     extra: dict[str, Any] = {"model": args.model, "data": args.data, "calibration_samples": len(images),
-                             "command": "pts-hf " + " ".join(sys.argv[1:])}
+                             "command": _command(args)}
     if test is not None:
-        extra["dense_top1"] = _top1(loaded.model, test, 256)
+        with _stage(f"evaluating the dense model on {len(test)} test images", 0.0):
+            extra["dense_top1"] = _top1(loaded.model, test, 256, progress)
     torch.manual_seed(args.seed)
-    result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
-                             allocation=args.allocation, seed=args.seed, batch_size=args.batch_size, **options)
+    try:
+        result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
+                                 allocation=args.allocation, seed=args.seed, batch_size=args.batch_size,
+                                 progress=progress, checkpoint_dir=checkpoint_dir,
+                                 checkpoint_every=args.checkpoint_every, resume_from=args.resume, **options)
+    except ValueError as e:
+        if args.resume is not None and ("checkpoint" in str(e) or "resume" in str(e)):
+            raise CLIError(f"--resume {args.resume}: {e}") from e
+        raise
     if test is not None:
-        extra["sparse_top1"] = _top1(result.model, test, 256)
+        with _stage(f"evaluating the sparse model on {len(test)} test images", 0.0):
+            extra["sparse_top1"] = _top1(result.model, test, 256, progress)
         extra["eval_samples"] = len(test)
     report = make_report(result, extra)
     print(format_layer_table(report))
@@ -193,21 +307,53 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         print(f"dense top-1 {extra['dense_top1']:.2f}%  ->  sparse top-1 {extra['sparse_top1']:.2f}% at "
               f"{result.global_sparsity:.4f} sparsity ({result.seconds:.0f} s)")
     if args.output is not None:
-        out = args.output
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            _save_model(loaded, result.model, tmp)
-            write_json_atomic(tmp / "report.json", report)
-            plot_allocation(report, tmp / "allocation.png")
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.replace(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        out = _write_output(loaded, result.model, report, args.output)
         print(f"wrote {out}/ (weights, report.json, allocation.png)")
+    _remove_checkpoint(checkpoint_dir)
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if "--resume" in argv:  # the command to continue with names the checkpoint once
+        i = argv.index("--resume")
+        del argv[i:i + 2]
+    return "pts-hf " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    """The work folder of this run, checked before any work."""
+    from pts_hf.checkpoint.output import OutputLocationError, check_output_location
+    from pts_hf.resume import STATE_FILE
+
+    if args.checkpoint_dir is not None:
+        d = args.checkpoint_dir
+    elif args.resume is not None:
+        d = args.resume
+    elif args.output is not None:
+        d = args.output.with_name(args.output.name + ".checkpoint")
+    else:
+        d = Path(tempfile.gettempdir()) / f"pts-hf-checkpoint-{os.getpid()}"
+    if args.resume is not None and not (args.resume / STATE_FILE).is_file():
+        raise CLIError(f"--resume {str(args.resume)!r} holds no checkpoint ({STATE_FILE})")
+    if args.resume is None and (d / STATE_FILE).is_file():
+        raise CLIError(f"{str(d)!r} holds the checkpoint of an earlier run: continue it with --resume {d}, or "
+                       "delete the folder")
+    try:
+        check_output_location(d, overwrite=True, what="checkpoint folder")
+    except OutputLocationError as e:
+        raise CLIError(str(e)) from e
+    return d
+
+
+def _remove_checkpoint(d: Path) -> None:
+    """After success: the work folder's own files, then the folder if that left it empty."""
+    from pts_hf.resume import META_FILE, STATE_FILE
+
+    for name in (STATE_FILE, META_FILE):
+        (d / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        d.rmdir()
 
 
 def _measured_sparsity(model: Any) -> float:
@@ -260,14 +406,24 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     start = time.perf_counter()
     try:
-        code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
     except (CLIError, SpecError, FileNotFoundError) as e:
         print(f"pts-hf: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pts-hf: interrupted", file=sys.stderr)
+        return getattr(e, "code", 2)
+    except KeyboardInterrupt as e:
+        from pts_hf.resume import Interrupted
+
+        if isinstance(e, Interrupted) and e.directory is not None:
+            print(f"pts-hf: interrupted at step {e.step}; checkpoint in {e.directory}/; continue with: "
+                  f"{_command(args)} --resume {shlex.quote(str(e.directory))}", file=sys.stderr)
+        else:
+            print("pts-hf: interrupted (nothing to resume from: the run had not reached its training loop)",
+                  file=sys.stderr)
         return 130
     if args.command == "sparsify":
         print(f"done in {time.perf_counter() - start:.0f} s")

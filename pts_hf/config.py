@@ -201,7 +201,6 @@ class DistillationConfig(SparsityConfig):
     max_grad_norm: float | None = help_field(None, "Clip the gradient norm of the weights (None = no clipping).")
     mixed_precision: str = help_field("no", "accelerate mixed precision: 'no', 'fp16' or 'bf16'.")
     gradient_accumulation_steps: int = help_field(1, "Batches per optimizer step (through accelerate).")
-    progress: bool = help_field(True, "Show a tqdm progress bar with the loss and the current global sparsity.")
     augment: str | None = help_field(
         None, "Augment image calibration batches (teacher and student see the same view): 'flip' (horizontal), "
         "'crop' (random crop with 1/16-size reflection padding), 'flip_crop', or None."

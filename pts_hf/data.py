@@ -18,7 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from pts_hf.calibration import floating_dtype
 from pts_hf.losses import extract_output
+from pts_hf.progress import progress_bar
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -211,8 +213,9 @@ def evaluate_top1(
     dataset: Dataset,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` in percent.
+    """Top-1 accuracy of ``model`` on ``dataset`` in percent (``progress``: a bar / periodic lines).
 
     The model is put in eval mode for the evaluation and its previous training mode is restored afterwards.
     ``device`` defaults to the device of the model's first parameter (CPU for a parameterless model).
@@ -220,12 +223,15 @@ def evaluate_top1(
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
+    dtype = floating_dtype(model)
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits, _ = extract_output(model(x.to(device)))  # tensor, HF ModelOutput (.logits), dict or tuple
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for x, y in progress_bar(loader, desc="evaluating", enabled=progress, unit="batch"):
+            x = x.to(device=device, dtype=dtype) if dtype is not None and x.is_floating_point() else x.to(device)
+            logits, _ = extract_output(model(x))  # tensor, HF ModelOutput (.logits), dict or tuple
             correct += int((logits.argmax(dim=-1).cpu() == y).sum())
             total += int(y.numel())
     finally:

@@ -58,12 +58,21 @@ def extract_output(output: Any) -> tuple[torch.Tensor, OutputKind]:
 
 def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(softmax(teacher/T) ‖ softmax(student/T)) · T², averaged over every position but the class dim."""
+    check_same_shape(student, teacher)
     t = teacher.detach().float() / temperature
     s = student.float() / temperature
     log_p_t = F.log_softmax(t, dim=-1)
     log_p_s = F.log_softmax(s, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
     return kl.mean() * temperature**2
+
+
+def check_same_shape(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    """Student and teacher outputs must match: a mismatch means the teacher is not the student's dense model."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student output shape {tuple(student.shape)} differs from the teacher's "
+                         f"{tuple(teacher.shape)}: the teacher must be the dense model of the same architecture "
+                         "(sparsifier.teacher, made by prepare) run on the same batch")
 
 
 def base_decayed_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0, tau: float = 8.0
@@ -79,6 +88,7 @@ def base_decayed_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
     negative entropy (a constant); its minimum is reached at softmax(student) = p_t, which is the teacher at
     temperature T. Plain KL (``kl_distillation``) compares both at temperature T.
     """
+    check_same_shape(student, teacher)
     p_t = F.softmax(teacher.detach().float() / temperature, dim=-1)
     log_q = F.log_softmax(student.float(), dim=-1)
     terms = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_q / tau)).sum(dim=-1)
@@ -104,8 +114,7 @@ def reconstruction_loss(
         return loss_fn(student_output, teacher_output)
     s, s_kind = extract_output(student_output)
     t, _ = extract_output(teacher_output)
-    if s.shape != t.shape:
-        raise ValueError(f"student output shape {tuple(s.shape)} differs from the teacher's {tuple(t.shape)}")
+    check_same_shape(s, t)
     use = s_kind if kind == "auto" else kind
     if use == "kl":
         use = "logits"

@@ -168,7 +168,7 @@ def discover_targets(
     for name, module in selected:
         t = Target(name, module)
         key = id(t.weight)
-        if key in seen:  # tied weight: count once
+        if key in seen or t.weight.numel() == 0:  # tied weight: count once; an empty weight has nothing to prune
             continue
         seen.add(key)
         out.append(t)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 
 from pts_hf.calibration import CalibrationData, augment_batch, forward_batch, recalibrate_batchnorm
 from pts_hf.config import DistillationConfig
+from pts_hf.progress import progress_bar
+from pts_hf.resume import Interrupted, RunCheckpoint, stop_requests
 
 if TYPE_CHECKING:
     from pts_hf.sparsifiers.base import PTSSparsifier
@@ -62,6 +65,18 @@ def _sharded(data: CalibrationData, index: int, count: int):
                 yield batch
 
 
+def _postfix(sparsifier: PTSSparsifier, logs: dict[str, float]) -> dict[str, str]:
+    """What the progress bar shows: the KL part when the method reports one (UniPTS's base-decayed objective
+    is not a KL and is negative), else the loss; and the current global sparsity of the masks."""
+    shown = {"kl": f"{logs['kl']:.4f}"} if "kl" in logs else {"loss": f"{logs['loss']:.4f}"}
+    current = logs.get("sparsity")
+    if current is None:
+        with torch.no_grad():
+            current = sparsifier.global_sparsity()
+    shown["sparsity"] = f"{current:.4f}"
+    return shown
+
+
 def run_distillation(
     sparsifier: PTSSparsifier,
     model: nn.Module,
@@ -71,8 +86,6 @@ def run_distillation(
     config: DistillationConfig,
 ) -> dict[str, Any]:
     """Optimise ``model`` (prepared by ``sparsifier``) to match ``teacher`` on ``data`` for ``config.steps``."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(config.seed)
     n_batches = len(data)
     if n_batches * 10 < config.steps:
@@ -110,41 +123,115 @@ def run_distillation(
 
     history: list[dict[str, float]] = []
     batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(range(config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
-               disable=not (config.progress and accelerator.is_main_process), leave=False)
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
-    for step in bar:
-        batch = augment_batch(next(batches), config.augment, aug_gen)
-        with accelerator.accumulate(wrapped):
-            with accelerator.autocast():
-                with torch.no_grad():
-                    teacher_out = forward_batch(teacher, batch, device)
-                student_out = forward_batch(wrapped, batch, device)
-                loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps,
-                                                     epoch=step / n_batches)
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(
-                    f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "
-                    f"lower lr (now {config.lr}) or keep student_bn='train'"
-                )
-            accelerator.backward(loss)
-            if config.max_grad_norm is not None and weight_params and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(weight_params, config.max_grad_norm)
-            for opt in optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                for sch in schedulers:
-                    sch.step()
-                sparsifier.step()
-        logs = {"step": step, "loss": float(loss.detach()), **logs}
-        history.append(logs)
-        if step % 10 == 0 or step == config.steps - 1:
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", sparsity=f"{logs.get('sparsity', float('nan')):.4f}")
+    ckpt: RunCheckpoint | None = getattr(sparsifier, "run_checkpoint", None)
+    start = 0
+    loop = (ckpt.resume or {}).get("loop") if ckpt is not None else None
+    if loop is not None:  # continue where the checkpoint stopped
+        start = int(loop["step"])
+        _load_loop_state(sparsifier, model, optimizers, schedulers, loop)
+        history = list(loop["history"])
+        aug_gen.set_state(loop["aug_rng"])
+        for _ in range(start):  # the data position: the batches the first run had taken
+            next(batches)
+        ckpt.restore_rng()
+
+    def save(next_step: int) -> Any:
+        if ckpt is None or ckpt.directory is None or not accelerator.is_main_process:
+            return None
+        payload = _loop_state(sparsifier, accelerator.unwrap_model(wrapped), optimizers, schedulers, next_step,
+                              history, aug_gen)
+        return ckpt.save({"method": sparsifier.method, "loop": payload}, next_step, config.steps)
+
+    bar = progress_bar(range(start, config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
+                       enabled=sparsifier.show_progress and accelerator.is_main_process, unit="step")
+    with stop_requests(ckpt is not None and ckpt.directory is not None) as stop:
+        for step in bar:
+            try:
+                raw = next(batches)
+            except KeyboardInterrupt:  # e.g. from the user's data iterator: the state is that of `step`
+                _interrupted(ckpt, save(step), step, config.steps, bar)
+            try:
+                _train_step(sparsifier, wrapped, teacher, raw, step, n_batches, accelerator, config, optimizers,
+                            schedulers, weight_params, device, aug_gen, history, bar)
+            except KeyboardInterrupt:  # mid-update: the state is half-way; the last checkpoint is the one to use
+                _interrupted(ckpt, None, step, config.steps, bar)
+            if stop.requested:
+                _interrupted(ckpt, save(step + 1), step + 1, config.steps, bar)
+            if ckpt is not None and ckpt.due(step + 1) and step + 1 < config.steps:
+                save(step + 1)
     bar.close()
+    save(config.steps)  # an interrupt in the finishing stages resumes after the loop
     model = accelerator.unwrap_model(wrapped)
     model.eval()
     return {"history": history, "steps": config.steps, "calibration_batches": n_batches}
+
+
+def _interrupted(ckpt: RunCheckpoint | None, saved: Any, step: int, steps: int, bar: Any) -> None:
+    bar.close()
+    if saved is not None:
+        raise Interrupted(f"interrupted at step {step}/{steps}; checkpoint written to {saved}/; "
+                          f"{ckpt.how_to_resume()}", Path(saved), step)
+    if ckpt is not None and ckpt.last_saved_step is not None:
+        raise Interrupted(f"interrupted at step {step}/{steps}; the checkpoint of step {ckpt.last_saved_step} in "
+                          f"{ckpt.directory}/ is the latest; {ckpt.how_to_resume()}", ckpt.directory,
+                          ckpt.last_saved_step)
+    raise Interrupted(f"interrupted at step {step}/{steps}; nothing was saved (pass checkpoint_dir= to be able "
+                      "to resume)")
+
+
+def _loop_state(sparsifier: PTSSparsifier, model: nn.Module, optimizers: list, schedulers: list, step: int,
+                history: list, aug_gen: torch.Generator) -> dict[str, Any]:
+    counters = {k: getattr(sparsifier, k) for k in getattr(sparsifier, "resume_attrs", ())}
+    return {"step": step, "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "sparsifier": sparsifier.state_dict(), "counters": counters,
+            "optimizers": [o.state_dict() for o in optimizers], "schedulers": [s.state_dict() for s in schedulers],
+            "history": list(history), "aug_rng": aug_gen.get_state()}
+
+
+def _load_loop_state(sparsifier: PTSSparsifier, model: nn.Module, optimizers: list, schedulers: list,
+                     loop: dict[str, Any]) -> None:
+    sparsifier.load_state_dict(loop["sparsifier"])  # masks, thresholds, frozen masks, levels
+    for k, v in loop["counters"].items():
+        setattr(sparsifier, k, v)
+    model.load_state_dict(loop["model"])
+    for o, st in zip(optimizers, loop["optimizers"]):
+        o.load_state_dict(st)
+    for sch, st in zip(schedulers, loop["schedulers"]):
+        sch.load_state_dict(st)
+
+
+def _train_step(sparsifier: PTSSparsifier, wrapped: nn.Module, teacher: nn.Module, raw: Any, step: int,
+                n_batches: int, accelerator: Any, config: DistillationConfig, optimizers: list, schedulers: list,
+                weight_params: list, device: Any, aug_gen: torch.Generator, history: list, bar: Any) -> None:
+    """One optimisation step of the distillation loop."""
+    batch = augment_batch(raw, config.augment, aug_gen)
+    with accelerator.accumulate(wrapped):
+        with accelerator.autocast():
+            with torch.no_grad():
+                teacher_out = forward_batch(teacher, batch, device)
+            student_out = forward_batch(wrapped, batch, device)
+            loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps,
+                                                 epoch=step / n_batches)
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(
+                f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "
+                f"lower lr (now {config.lr}) or keep student_bn='train'"
+            )
+        accelerator.backward(loss)
+        if config.max_grad_norm is not None and weight_params and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(weight_params, config.max_grad_norm)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            for sch in schedulers:
+                sch.step()
+            sparsifier.step()
+    logs = {"step": step, "loss": float(loss.detach()), **logs}
+    history.append(logs)
+    if step % 10 == 0 or step == config.steps - 1:
+        bar.set_postfix(_postfix(sparsifier, logs))
 
 
 def finish_batchnorm(model: nn.Module, data: CalibrationData, accelerator: Any, config: DistillationConfig) -> int:

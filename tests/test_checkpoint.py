@@ -195,3 +195,45 @@ def test_load_unknown_id_offline_is_clear(tmp_path):
     assert out.returncode != 0 and "neither a local folder nor a reachable Hub repo" in out.stderr
 
 
+
+
+def _state_copy(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_load_into_user_model_validates_before_writing(tmp_path):
+    """Issue 11 item 6: a sidecar naming a layer the model lacks, or a checkpoint with extra / missing tensors,
+    raises and leaves the user's model exactly as it was."""
+    from safetensors.torch import load_file, save_file
+
+    r = pts_hf.sparsify(small_cnn(), torch.randn(8, 3, 16, 16), sparsity=0.8)
+    save_sparse(r.model, tmp_path)
+    side = json.loads((tmp_path / SIDECAR_NAME).read_text())
+    side["layers"]["99.weight"] = {"sparsity": 0.5, "numel": 4}
+    (tmp_path / SIDECAR_NAME).write_text(json.dumps(side))
+    m = small_cnn()
+    before = _state_copy(m)
+    with pytest.raises(ValueError, match=r"layer '99\.weight' does not exist"):
+        load_sparse(tmp_path, model=m)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+    save_sparse(r.model, tmp_path)  # good sidecar, but a tensor the model lacks
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="was not modified"):
+        load_sparse(tmp_path, model=m)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_load_sparse_rebuilds_a_pts_hf_output_of_a_bundled_model(tmp_path):
+    from pts_hf.models import load_bundled
+
+    model = load_bundled("resnet20-fmnist", pretrained=False)
+    r = pts_hf.sparsify(model, torch.randn(8, 1, 28, 28), sparsity=0.7)
+    save_sparse(r.model, tmp_path)
+    (tmp_path / "pts_model.json").write_text(json.dumps({"kind": "bundled", "source": "resnet20-fmnist"}))
+    assert _equal(r.model, load_sparse(tmp_path))
+    (tmp_path / "pts_model.json").unlink()
+    with pytest.raises(ValueError, match=r"load_sparse\(path, model=MyNet\(\)\)"):
+        load_sparse(tmp_path)

@@ -148,7 +148,7 @@ def test_deterministic_for_a_seed():
 
 def test_user_loop_matches_one_call_api():
     steps, bs = 6, 16
-    opts = {"steps": steps, "batch_size": bs, "progress": False, "seed": 0}
+    opts = {"steps": steps, "batch_size": bs, "seed": 0}
     ref = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.8, **opts)
 
     torch.manual_seed(0)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -59,3 +61,78 @@ def test_callback_rejects_methods_without_a_loss():
 
     with pytest.raises(ValueError, match="no training loss"):
         PTSCallback("magnitude", sparsity=0.5)
+
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in README.md, exactly as printed."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
+def _calib(kind, name):
+    g = torch.Generator().manual_seed(0)
+    if name == "hf_vit":
+        rows = [{"pixel_values": torch.randn(3, 32, 32, generator=g)} for _ in range(16)]
+    else:
+        rows = [{"input_ids": torch.randint(0, 128, (8,), generator=g),
+                 "attention_mask": torch.ones(8, dtype=torch.long)}
+                for _ in range(16)]
+    if kind == "list":
+        return rows
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: v.numpy() for k, v in r.items()} for r in rows]).with_format("torch")
+
+
+@pytest.mark.parametrize("kind, name", [("list", "hf_bert"), ("dataset", "hf_bert"), ("dataset", "hf_vit")])
+def test_readme_trainer_snippet_verbatim_with_default_arguments(kind, name, tmp_path, monkeypatch):
+    """README's Trainer snippet, exactly as printed, with default TrainingArguments (remove_unused_columns=True)."""
+    import inspect
+
+    import transformers
+    from transformers import Trainer, TrainingArguments
+
+    snippet = _readme_block("### Hugging Face Trainer")
+    assert "PTSCallback" in snippet and 'trainer.save_model("out")' in snippet
+    monkeypatch.chdir(tmp_path)
+    model = TINY_MODELS[name][0]()
+    signature = inspect.signature(model.forward)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"))
+    assert args.remove_unused_columns
+    ns = {"Trainer": Trainer, "model": model, "args": args, "calib": _calib(kind, name)}
+    exec(compile(snippet, "README.md", "exec"), ns)
+    trainer = ns["trainer"]
+    assert trainer.state.global_step > 0
+    assert inspect.signature(model.forward) == signature
+    out = tmp_path / "out"
+    side = json.loads((out / "sparsity_config.json").read_text())
+    assert side["method"] == "fcpts" and side["target_sparsity"] == 0.8
+    assert abs(side["global_sparsity"] - 0.8) < 1e-3
+    loaded = getattr(transformers, type(model).__name__).from_pretrained(out)
+    _, s = measure_sparsity(discover_targets(loaded))
+    assert abs(s - 0.8) < 1e-3
+    # "AutoModel.from_pretrained("out") loads the sparse weights" (the README comment)
+    auto = transformers.AutoModel.from_pretrained(out)
+    assert abs(measure_sparsity(discover_targets(auto))[1] - 0.8) < 0.05
+
+
+def test_callback_forward_keeps_signature_while_training():
+    import inspect
+
+    from pts_hf.integrations.trainer import PTSCallback
+
+    model = TINY_MODELS["hf_bert"][0]()
+    before = inspect.signature(model.forward)
+    cb = PTSCallback("fcpts", sparsity=0.5)
+
+    class Args:
+        learning_rate = 1e-4
+
+    cb.on_init_end(Args(), None, None, model=model)
+    assert "forward" in vars(model)
+    assert inspect.signature(model.forward) == before
+    assert "input_ids" in inspect.signature(model.forward).parameters

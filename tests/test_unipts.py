@@ -12,7 +12,7 @@ from pts_hf.search.evolution import logit_allocation, regrow_allocation, run_evo
 from tests.tiny_models import small_cnn
 
 X = torch.randn(96, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-FAST = {"steps": 6, "batch_size": 16, "progress": False, "population": 4, "generations": 3, "parents": 2,
+FAST = {"steps": 6, "batch_size": 16, "population": 4, "generations": 3, "parents": 2,
         "search_samples": 32, "fitness_samples": 32}
 NUMELS = [432, 144, 4608, 320, 20000]
 

@@ -22,9 +22,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pts_hf.checkpoint.bitmask import BITMASK_SUFFIX, SHAPE_SUFFIX, is_worth_compressing, pack, unpack
+from pts_hf.checkpoint.output import staged_output
 from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar, read_sidecar, validate_sidecar
 
-__all__ = ["BITMASK_QUANT_METHOD", "load_sparse", "read_safetensors", "resolve_folder", "save_sparse"]
+__all__ = ["BITMASK_QUANT_METHOD", "load_sparse", "read_safetensors", "resolve_folder", "save_sparse",
+           "write_text_atomic"]
 
 BITMASK_QUANT_METHOD = "pts_hf_bitmask"
 FORMATS = ("dense", "bitmask")
@@ -33,6 +35,18 @@ _INDEX = "model.safetensors.index.json"
 
 def _is_hf(model: nn.Module) -> bool:
     return hasattr(model, "save_pretrained") and hasattr(model, "config")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place (no half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -97,9 +111,11 @@ def save_sparse(model: nn.Module, save_directory: str | Path, format: str = "den
     side = make_sidecar(format, layer_sparsity, layer_numel, global_s, result, metrics)
 
     out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pts_hf-save-", dir=out))
-    try:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"save_directory {str(out)!r} exists and is not a folder")
+    # files go to a temporary folder, then into place; on a failure the folder keeps what it held before and no
+    # folder created here stays behind
+    with staged_output(out) as tmp:
         if _is_hf(model):
             model.save_pretrained(tmp)
         else:
@@ -119,10 +135,6 @@ def save_sparse(model: nn.Module, save_directory: str | Path, format: str = "den
                 cfg["quantization_config"] = {"quant_method": BITMASK_QUANT_METHOD, "format_version": 1}
                 (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         (tmp / SIDECAR_NAME).write_text(json.dumps(side, indent=2) + "\n")
-        for f in tmp.iterdir():
-            f.replace(out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -157,17 +169,19 @@ def _read_all(folder: Path) -> tuple[dict[str, torch.Tensor], bool]:
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Check names and shapes against ``model`` first; only a checkpoint that fits is written into it."""
     own = model.state_dict()
     for name, t in state.items():
         if name in own and own[name].shape != t.shape:
             raise ValueError(f"{folder}: {name} has shape {tuple(t.shape)} in the checkpoint but "
                              f"{tuple(own[name].shape)} in {type(model).__name__}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
     ptrs = {own[k].data_ptr() for k in state if k in own}
-    missing = [k for k in missing if own[k].data_ptr() not in ptrs]  # tied aliases were saved once
+    missing = [k for k in own if k not in state and own[k].data_ptr() not in ptrs]  # tied aliases saved once
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise ValueError(f"{folder}: checkpoint does not match {type(model).__name__}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+                         f"unexpected {unexpected[:5]}; {type(model).__name__} was not modified")
+    model.load_state_dict(state, strict=False)
 
 
 def _hf_class(folder: Path) -> Any:
@@ -178,12 +192,30 @@ def _hf_class(folder: Path) -> Any:
     return getattr(transformers, arch, None) or transformers.AutoModel
 
 
+def _rebuild_pts_hf_output(folder: Path) -> nn.Module:
+    """The architecture of a ``pts-hf sparsify --output`` folder of a bundled or timm model (its
+    ``pts_model.json`` names it), without weights; otherwise an error saying to pass ``model=``."""
+    from pts_hf.sources import MODEL_META, SpecError, resolve_model
+
+    if not (folder / MODEL_META).is_file():
+        raise ValueError(f"{folder} is not a transformers checkpoint (no config.json) nor a pts-hf output "
+                         f"({MODEL_META}): pass the architecture, e.g. load_sparse(path, model=MyNet())")
+    meta = json.loads((folder / MODEL_META).read_text())
+    try:
+        return resolve_model(str(meta.get("source")), pretrained=False).model
+    except SpecError as e:
+        raise ValueError(f"{folder / MODEL_META}: cannot rebuild {meta.get('source')!r} ({e}); pass the "
+                         "architecture as load_sparse(path, model=...)") from e
+
+
 def load_sparse(path_or_repo_id: str | Path, model: nn.Module | None = None, *, revision: str | None = None,
                 token: str | None = None, **from_pretrained_kwargs: Any) -> nn.Module:
     """Load a checkpoint written by :func:`save_sparse` (either format) from a folder or a Hub repo id.
 
-    Transformers checkpoints are rebuilt from their ``config.json``; for other models pass the architecture as
-    ``model`` (its weights are replaced). The sidecar is attached as ``model.pts_sparsity_config``.
+    Transformers checkpoints are rebuilt from their ``config.json``, ``pts-hf sparsify`` outputs of bundled /
+    timm models from their ``pts_model.json``; for other models pass the architecture as ``model``: its weights
+    are replaced only after the sidecar and every tensor name and shape were checked against it. The sidecar is
+    attached as ``model.pts_sparsity_config``.
     """
     folder = resolve_folder(path_or_repo_id, revision, token)
     side = read_sidecar(folder)
@@ -206,9 +238,10 @@ def load_sparse(path_or_repo_id: str | Path, model: nn.Module | None = None, *, 
                 model = cls.from_pretrained(tmp, **from_pretrained_kwargs)
     else:
         if model is None:
-            raise ValueError(f"{folder} is not a transformers checkpoint (no config.json): pass the architecture "
-                             "as load_sparse(path, model=...)")
+            model = _rebuild_pts_hf_output(folder)
         state, _ = _read_all(folder)
+        if side is not None:  # validate first, then write: a bad sidecar leaves the user's model untouched
+            validate_sidecar(side, model, folder)
         _load_into(model, state, folder)
     if side is not None:
         validate_sidecar(side, model, folder)

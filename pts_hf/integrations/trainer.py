@@ -10,12 +10,14 @@ How it hooks in (callbacks cannot change the Trainer's optimizer or loss):
 * ``on_init_end`` (before the Trainer builds its optimizer) prepares the sparsifier on the model, so the
   thresholds are ordinary model parameters the optimizer picks up; their ``gain`` is set so that the Trainer's
   learning rate moves them at ``threshold_lr`` (Adam-type optimizers). A frozen dense copy becomes the teacher.
-* The model's ``forward`` is wrapped: in training mode it also runs the teacher and returns
+* The model's ``forward`` is wrapped (keeping its signature, so the Trainer's ``remove_unused_columns`` keeps the
+  model's inputs): in training mode it also runs the teacher and returns
   ``loss = distillation + control (+ label_loss_weight · the model's own loss when labels are given)``; labels are
   optional.
 * ``on_step_end`` calls the sparsifier's ``step()``; ``on_save`` rewrites each checkpoint the Trainer writes so its
   weights are the current sparse ones (no ``parametrizations.*`` keys) and adds ``sparsity_config.json``;
-  ``on_train_end`` projects onto the exact target, squashes the masks and unwraps ``forward``.
+  ``on_train_end`` projects onto the exact target, squashes the masks and unwraps ``forward``; from then on the
+  model's ``save_pretrained`` (so ``trainer.save_model``) also writes ``sparsity_config.json``.
 
 Tested with ``gradient_accumulation_steps=1``.
 """
@@ -23,6 +25,7 @@ Tested with ``gradient_accumulation_steps=1``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from pts_hf.checkpoint.io import read_safetensors
+from pts_hf.checkpoint.io import read_safetensors, write_text_atomic
 from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar
 from pts_hf.sparsifiers import get_sparsifier_class
 
@@ -96,8 +99,8 @@ class PTSCallback(TrainerCallback):
         cls = get_sparsifier_class(method)
         if not hasattr(cls, "compute_loss"):
             raise ValueError(f"method {method!r} has no training loss; use pts_hf.sparsify(..., method={method!r})")
-        options.setdefault("progress", False)
         self.sparsifier = cls(sparsity=sparsity, **options)
+        self.sparsifier.show_progress = False  # the Trainer shows its own
         self.label_loss_weight = float(label_loss_weight)
         self.model: Any = None
         self.teacher: Any = None
@@ -131,12 +134,7 @@ class PTSCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             clean_checkpoint(folder)
-            ls = self.sparsifier.layer_sparsity()
-            numel = {g["tensor_fqn"]: g["numel"] for g in self.sparsifier.groups}
-            side = make_sidecar("dense", ls, numel, self.sparsifier.global_sparsity())
-            side.update(method=self.sparsifier.method, config=self.sparsifier.options.to_dict(),
-                        target_sparsity=self.sparsifier.options.sparsity)
-            (folder / SIDECAR_NAME).write_text(json.dumps(side, indent=2) + "\n")
+            write_text_atomic(folder / SIDECAR_NAME, json.dumps(self._sidecar(), indent=2) + "\n")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._unwrap_forward()
@@ -149,12 +147,48 @@ class PTSCallback(TrainerCallback):
         self.teacher = None
         if hasattr(sp, "teacher"):
             sp.teacher = None
+        if self.model is not None:
+            self._attach_sidecar(self.model)
+
+    # --- saving -----------------------------------------------------------------------------------------------
+    def _sidecar(self) -> dict[str, Any]:
+        sp = self.sparsifier
+        ls = sp.layer_sparsity()
+        numel = {g["tensor_fqn"]: g["numel"] for g in sp.groups}
+        n = sum(numel.values())
+        global_s = sum(ls[k] * numel[k] for k in numel) / n if n else 0.0
+        side = make_sidecar("dense", ls, numel, global_s)
+        side.update(method=sp.method, config=sp.options.to_dict(), target_sparsity=sp.options.sparsity)
+        return side
+
+    def _attach_sidecar(self, model: Any) -> None:
+        """After training, ``model.save_pretrained`` (which ``trainer.save_model`` calls) also writes
+        ``sparsity_config.json``, as the intermediate checkpoints do. The sidecar is ``model.pts_sparsity_config``
+        (as :func:`pts_hf.load_sparse` sets it)."""
+        side = self._sidecar()
+        model.pts_sparsity_config = side
+        original = getattr(model, "save_pretrained", None)
+        if original is None or getattr(original, "_pts_sidecar", False):
+            return
+
+        @functools.wraps(original)
+        def save_pretrained(save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):
+                folder = Path(save_directory)
+                folder.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(folder / SIDECAR_NAME, json.dumps(model.pts_sparsity_config, indent=2) + "\n")
+            return out
+
+        save_pretrained._pts_sidecar = True  # type: ignore[attr-defined]
+        model.save_pretrained = save_pretrained
 
     # --- the loss ---------------------------------------------------------------------------------------------
     def _wrap_forward(self, model: Any) -> None:
         original = model.forward
         callback = self
 
+        @functools.wraps(original)  # keeps the signature: the Trainer keeps the columns the model's forward takes
         def forward(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
             if not model.training:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pts_hf.calibration import LABEL_KEYS, split_batch, to_device
+from pts_hf.calibration import LABEL_KEYS, floating_dtype, split_batch, to_device
 from pts_hf.layers import gemm_layout
 from pts_hf.pipeline.blocks import Unit, find_units
 from pts_hf.pipeline.hooks import HookOwner, StopForward
@@ -99,7 +99,8 @@ def _model_inputs(model: nn.Module, batch: Any, device: torch.device | None) -> 
 
     if "use_cache" in _forward_params(type(model))[0]:
         kwargs["use_cache"] = False
-    return to_device(args, device), to_device(kwargs, device), token_mask
+    dtype = floating_dtype(model)  # fp32 data feeds a bf16 / fp16 model
+    return to_device(args, device, dtype), to_device(kwargs, device, dtype), token_mask
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -284,9 +285,9 @@ class _Pipeline:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from pts_hf.progress import progress_bar
 
-    return tqdm(total=total, desc="blocks", disable=not enabled, leave=False)
+    return progress_bar(total=total, desc="blocks", enabled=enabled, unit="block")
 
 
 def _shard(batches: list[Any]) -> list[Any]:

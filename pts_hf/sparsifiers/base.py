@@ -84,7 +84,7 @@ class PTSSparsifier(BaseSparsifier):
         self.teacher: nn.Module | None = None
         self._squashed = False
         self.final_layer_sparsity: dict[str, float] = {}
-        self.show_progress = True  # a UI setting, not a method option
+        self.show_progress: bool = True  # a UI setting, not a method option: pts_hf.sparsify(progress=...) sets it
         # Per-tensor activation-aware weight scores (|W|·‖X‖) for allocations that need activations (OWL); set by
         # pts_hf.sparsify from a calibration pass, or by the user before prepare().
         self.activation_scores: dict[str, torch.Tensor] | None = None

@@ -106,6 +106,7 @@ class FCPTSSparsifier(PTSSparsifier):
     config_class: ClassVar[type[FCPTSConfig]] = FCPTSConfig
     needs_data: ClassVar[bool] = True
     keeps_teacher: ClassVar[bool] = True
+    resume_attrs: ClassVar[tuple[str, ...]] = ("_step_count", "projected", "learned_before_projection")
 
     def __init__(self, config: FCPTSConfig | None = None, **options: Any):
         super().__init__(config, **options)

@@ -24,9 +24,10 @@ from torch import nn
 
 from pts_hf.calibration import CalibrationData, batch_size_of, forward_batch
 from pts_hf.config import DistillationConfig, help_field
-from pts_hf.losses import base_decayed_kl, extract_output, reconstruction_loss
+from pts_hf.losses import base_decayed_kl, extract_output, kl_distillation, reconstruction_loss
 from pts_hf.ops.allocation import allocate
 from pts_hf.parametrize import DynamicMask, FixedMask, PTSParametrization
+from pts_hf.progress import progress_bar
 from pts_hf.search import MaskFitness, genes_to_sparsities, logit_genes_for, regrow_genes_for, run_evolution
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeSparsifier
@@ -117,6 +118,7 @@ class UniPTSSparsifier(MagnitudeSparsifier):
     config_class: ClassVar[type[UniPTSConfig]] = UniPTSConfig
     needs_data: ClassVar[bool] = True
     keeps_teacher: ClassVar[bool] = True
+    resume_attrs: ClassVar[tuple[str, ...]] = ("_steps",)
 
     def __init__(self, config: UniPTSConfig | None = None, **options: Any):
         super().__init__(config, **options)
@@ -152,7 +154,9 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         if o.loss_fn is None and o.objective == "base_decayed" and kind == "logits" and o.reconstruction != "mse":
             tau = o.tau0 * o.gamma ** math.floor(epoch)
             t, _ = extract_output(teacher_output)
-            return base_decayed_kl(s, t, o.temperature, tau), {"tau": tau}
+            with torch.no_grad():  # what to show: the objective's raw value is a cross-entropy minus a constant
+                kl = float(kl_distillation(s.detach(), t, o.temperature))
+            return base_decayed_kl(s, t, o.temperature, tau), {"tau": tau, "kl": kl}
         loss = reconstruction_loss(student_output, teacher_output, kind=o.reconstruction,
                                    temperature=o.temperature, loss_fn=o.loss_fn)
         return loss, {}
@@ -186,9 +190,7 @@ class UniPTSSparsifier(MagnitudeSparsifier):
             initial = [logit_genes_for(erk, o.max_layer_sparsity)]
         else:
             initial = [regrow_genes_for(erk, numels, o.sparsity, o.delta), torch.zeros(len(numels))]
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=o.generations, desc="unipts search", disable=not o.progress, leave=False)
+        bar = progress_bar(total=o.generations, desc="unipts search", enabled=self.show_progress, unit="gen")
 
         def tick(gen: int, best: float) -> None:
             bar.update(1)
@@ -212,10 +214,21 @@ class UniPTSSparsifier(MagnitudeSparsifier):
     def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
         teacher, accelerator = self._teacher_and_accelerator(accelerator)
         details: dict[str, Any] = {}
-        if self.options.search and self.options.nm is None:
-            details.update(self.search_allocation(model, data))
-        elif self.options.search:
+        ckpt = getattr(self, "run_checkpoint", None)
+        resumed = (ckpt.resume or {}).get("search") if ckpt is not None else None
+        if self.options.search and resumed is not None:  # resuming: the search was done before the interrupt
+            details.update(resumed["details"])
+            for g in self.groups:
+                g["sparsity_level"] = float(resumed["levels"][g["tensor_fqn"]])
+            ckpt.search = resumed
+        elif self.options.search and self.options.nm is not None:
             details["search"] = f"skipped: {self.options.mask_structure} fixes every layer's sparsity"
+        elif self.options.search:
+            details.update(self.search_allocation(model, data))
+            if ckpt is not None:  # the search is the long first phase: keep its result
+                ckpt.search = {"details": details.copy(),
+                               "levels": {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}}
+                ckpt.save({"method": self.method}, 0, self.options.steps)
         details["initial_layer_sparsity"] = {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}
         self._steps = 0
         self.step()
