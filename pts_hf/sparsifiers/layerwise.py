@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pts_hf.calibration import recalibrate_batchnorm
 from pts_hf.config import SparsityConfig, help_field
 from pts_hf.parametrize import FixedMask, PTSParametrization
 from pts_hf.pipeline import LayerStats, run_pipeline
@@ -38,6 +39,10 @@ class LayerwiseConfig(SparsityConfig):
         "None = where the block is."
     )
     stats_dtype: str = help_field("float32", "dtype the layer statistics (Hessians, norms) are accumulated in.")
+    bn_recalibration: bool = help_field(
+        True, "Re-estimate BatchNorm running statistics on the calibration data after pruning (models with "
+        "BatchNorm; pruning shifts the activations their running statistics were measured on)."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -132,6 +137,15 @@ class LayerwiseSparsifier(PTSSparsifier):
         report = run_pipeline(model, targets, data, self.statistics, process, sequential=o.sequential,
                               device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
                               on_unused=self._rebalance)
+        bn_batches = 0
+        if o.bn_recalibration:
+            bn_batches = recalibrate_batchnorm(model, data, device=_first_device(model), seed=o.seed,
+                                               accelerator=accelerator)
         return {"pipeline": {"blocks_from": report.block_source, "units": report.units, "runs": report.runs,
                              "unused_layers": report.unused, "unit_seconds": report.seconds,
-                             "batches": report.batches}}
+                             "batches": report.batches}, "bn_batches": bn_batches}
+
+
+def _first_device(model: nn.Module) -> torch.device | None:
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
