@@ -18,9 +18,10 @@ logistic-regression probe on the polarity labels (Newton's method, L2 1.0 on sta
 
 Only the encoder's ``nn.Linear`` layers (``--layers``, a module-name regex) are pruned, by every method and peer,
 and the achieved sparsity is measured over exactly those weights. Each run is a fresh subprocess: ``seconds`` is the
-sparsify call, ``peak MiB`` the process's peak RSS during that call (Linux ``VmHWM`` at its end, ``ru_maxrss``
-elsewhere; the high-water mark is reset to the current RSS right before the call through ``/proc/self/clear_refs``,
-so loading transients do not count), ``Δ MiB`` that peak minus the RSS right after model + data (and the method's
+sparsify call (wall clock; ``CPU s`` its user + system CPU time, the fairer figure on a shared machine),
+``peak MiB`` the process's peak RSS during that call (Linux ``VmHWM`` at its end, ``ru_maxrss`` elsewhere; the
+high-water mark is reset to the current RSS right before the call through ``/proc/self/clear_refs``, so loading
+transients do not count), ``Δ MiB`` that peak minus the RSS right after model + data (and the method's
 library) were loaded: what the method itself needs.
 
 A variant is ``method[:key=value,...]`` (numbers, true/false and None are parsed). ``--structures 2:4`` passes
@@ -38,6 +39,7 @@ import gc
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -117,6 +119,13 @@ def _ours(model: torch.nn.Module, calib: list, job: dict) -> tuple[torch.nn.Modu
     return result.model, {"reported_sparsity": result.global_sparsity}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads): on a shared machine this, not the wall clock,
+    says what a run costs (with 1 thread it is the wall time the run would take alone)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def worker(job_path: Path) -> None:
     """Run one job and write its result next to the job file (``<job>.result.json``)."""
     job = json.loads(job_path.read_text())
@@ -139,14 +148,14 @@ def worker(job_path: Path) -> None:
         load_peak = peak_rss_mib()
         reset = reset_peak_rss()  # the peak below is the sparsify call's, not the loading's
         loaded = current_rss_mib()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         if is_peer(method):
             model, details = peers.sparsify_peer(model, data["calib"], job)
         else:
             model, details = _ours(model, data["calib"], job)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         peak = peak_rss_mib()
-        result = {**details, "seconds": seconds, "rss_loaded_mib": loaded, "peak_rss_mib": peak,
+        result = {**details, "seconds": seconds, "cpu_seconds": cpu, "rss_loaded_mib": loaded, "peak_rss_mib": peak,
                   "load_peak_rss_mib": load_peak, "peak_reset_after_load": reset,
                   "delta_rss_mib": peak - loaded, "achieved": weight_sparsity(model, job["layers"])}
         sparse = {k: embed(model, v) for k, v in data["eval"].items()}
@@ -225,7 +234,10 @@ def aggregate(runs: list[dict]) -> list[dict]:
         if errors:
             row["error"] = errors[0]
         if ok:
-            for key in ("achieved", "seconds", "peak_rss_mib", "delta_rss_mib", "rss_loaded_mib", "probe"):
+            for key in ("achieved", "seconds", "cpu_seconds", "peak_rss_mib", "delta_rss_mib", "rss_loaded_mib",
+                        "probe"):
+                if any(key not in r for r in ok):
+                    continue
                 row[key] = statistics.median(r[key] for r in ok)
                 row[f"{key}_all"] = [r[key] for r in ok]
             for name in ok[0]["cosine"]:
@@ -254,11 +266,13 @@ def markdown(files: list[dict]) -> str:
               f"weights of the encoder's Linear layers. cos = mean cosine to the dense sentence embedding on "
               f"{m['eval_sentences']['polarity']} polarity / {m['eval_sentences']['lee-heldout']} held-out lee "
               "sentences; probe = logistic-regression accuracy (%) on the polarity labels (4×5-fold CV); "
-              "seconds of the sparsify call; peak RSS of the run's process during that call and Δ = peak − RSS "
-              "after loading model + data (MiB). Median over seeds (range in brackets when > 1 seed).", "",
-              "| variant | target | seeds | achieved | cos polarity | cos lee | probe % | seconds | peak MiB | Δ MiB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-              f"| dense | 0% | – | 0 | 1 | 1 | {m['dense_probe']:.1f} | | | |"]
+              "seconds (wall) and CPU s (user + system) of the sparsify call; peak RSS of the run's process "
+              "during that call and Δ = peak − RSS after loading model + data (MiB). Median over seeds (range in "
+              "brackets when > 1 seed).", "",
+              "| variant | target | seeds | achieved | cos polarity | cos lee | probe % | seconds | CPU s | peak MiB "
+              "| Δ MiB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+              f"| dense | 0% | – | 0 | 1 | 1 | {m['dense_probe']:.1f} | | | | |"]
     rows: dict[tuple, dict] = {}
     for f in files:  # a later file's row replaces an earlier one for the same cell
         for r in f["rows"]:
@@ -268,7 +282,8 @@ def markdown(files: list[dict]) -> str:
         r = rows[key]
         target = f"{r['sparsity']:.0%}" if r["structure"] == "unstructured" else r["structure"]
         cells = [_cell(r, "achieved", ".4f"), _cell(r, "cos_polarity", ".4f"), _cell(r, "cos_lee-heldout", ".4f"),
-                 _cell(r, "probe", ".1f"), _cell(r, "seconds", ".1f"), _cell(r, "peak_rss_mib", ".0f"),
+                 _cell(r, "probe", ".1f"), _cell(r, "seconds", ".1f"), _cell(r, "cpu_seconds", ".1f"),
+                 _cell(r, "peak_rss_mib", ".0f"),
                  _cell(r, "delta_rss_mib", ".0f")]
         if r.get("error"):
             cells[0] = f"error: {r['error'][:160]}".replace("|", "/")
@@ -321,7 +336,9 @@ def run(args: argparse.Namespace) -> dict:
                       f"(Δ {res['delta_rss_mib']:.0f})", flush=True)
             if not args.no_write:  # after every run, so an interrupted benchmark keeps what it did
                 (ROOT / "benchmarks").mkdir(exist_ok=True)
-                (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps(results, indent=2))
+                tmp = ROOT / "benchmarks" / f".{args.tag}.json.tmp"  # atomic: a concurrent run may read it
+                tmp.write_text(json.dumps(results, indent=2))
+                os.replace(tmp, ROOT / "benchmarks" / f"{args.tag}.json")
     if not args.no_write:
         print(write_table(args.table_from))
     return results
