@@ -32,6 +32,20 @@ def lee_documents() -> list[str]:
             if line.strip()]
 
 
+def polarity_labelled() -> tuple[list[str], list[int]]:
+    """The 200 movie-review sentences of ``pang_lee_polarity.cor`` and their labels (1 = positive, 0 = negative)."""
+    sentences, labels = [], []
+    for line in gensim_text("pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines():
+        if not line.strip():
+            continue
+        label, _, text = line.partition(" ")
+        if label not in ("__label__pos", "__label__neg"):
+            raise ValueError(f"pang_lee_polarity.cor: line without __label__pos/__label__neg: {line[:60]!r}")
+        sentences.append(text.strip())
+        labels.append(int(label == "__label__pos"))
+    return sentences, labels
+
+
 def polarity_sentences() -> list[str]:
     lines = gensim_text("pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines()
     return [line.split(" ", 1)[1] if line.startswith("__label__") else line for line in lines if line.strip()]

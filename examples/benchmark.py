@@ -17,32 +17,18 @@ import argparse
 import datetime as dt
 import json
 import platform
-import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _bench_common import ROOT, parse_variant, write_markdown
 
 import pts_hf
 from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
 from pts_hf.models import load_bundled
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VARIANTS = ["magnitude:allocation=l2norm", "magnitude:allocation=erk", "magnitude:allocation=lamp", "fcpts"]
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    method, _, rest = text.partition(":")
-    options = {}
-    for item in filter(None, rest.split(",")):
-        key, _, raw = item.partition("=")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return method, options
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -106,17 +92,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
         worst = max(abs(r["achieved"] - r["sparsity"]) for r in mine if r["variant"] != "dense")
         lines.append(f"\nLargest |achieved − target| sparsity: {worst:.2e}\n")
     return "\n".join(lines)
-
-
-def write_markdown(path: Path, tag: str, text: str) -> None:
-    start, end = f"<!-- bench:{tag} -->", f"<!-- /bench:{tag} -->"
-    block = f"{start}\n{text}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in old:
-        old = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
-    else:
-        old = old.rstrip() + f"\n\n{block}\n"
-    path.write_text(old)
 
 
 def combine(args: argparse.Namespace) -> None:

@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmark scripts: variant strings, machine description, Markdown blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def parse_value(raw: str) -> Any:
+    """``"200"`` → 200, ``"0.5"`` → 0.5, ``"true"``/``"False"`` → bool, ``"None"``/``"null"`` → None, else the
+    string itself (e.g. ``"2:4"``, ``"owl"``)."""
+    if raw.lower() in _WORDS:
+        return _WORDS[raw.lower()]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``"method:key=value,key=value"`` → ``("method", {key: value})``; also ``method:k=v:k2=v2``.
+
+    A value may itself hold a colon (``wanda:mask_structure=2:4``): only ``:``/``,`` followed by ``name=`` start a
+    new option.
+    """
+    method, _, rest = text.partition(":")
+    if not method:
+        raise ValueError(f"variant {text!r} has no method name; write e.g. 'magnitude:allocation=erk'")
+    options: dict[str, Any] = {}
+    for item in filter(None, re.split(r"[,:](?=[A-Za-z_][A-Za-z0-9_]*=)", rest)):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"variant {text!r}: option {item!r} is not key=value")
+        options[key] = parse_value(raw)
+    return method, options
+
+
+def machine(threads: int) -> str:
+    """CPU model, thread count and torch version, for the benchmark tables."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores), {threads} thread(s), torch {torch.__version__}"
+
+
+def write_markdown(path: Path, tag: str, text: str) -> None:
+    """Replace (or append) the block between ``<!-- bench:tag -->`` and ``<!-- /bench:tag -->``; the rest of the
+    file is kept."""
+    start, end = f"<!-- bench:{tag} -->", f"<!-- /bench:{tag} -->"
+    block = f"{start}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old:
+        old = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    else:
+        old = old.rstrip() + f"\n\n{block}\n"
+    path.write_text(old)
