@@ -168,6 +168,9 @@ class _Pipeline:
                     run.append(u)
                     continue
             runs.append(("chain", [u]))
+        # a unit that never ran itself (e.g. a ModuleList whose items the parent calls) but whose layers did:
+        # calibrate its layers from full forwards
+        runs += [("full", [u]) for u in self.units if not calls[id(u)] and u.targets]
         # drop runs (and trailing units) that hold no targets: nothing to calibrate there
         cleaned = []
         for kind, run in runs:

@@ -118,6 +118,9 @@ class LayerwiseSparsifier(PTSSparsifier):
     def _rebalance(self, unused: list[Target]) -> None:
         """Layers no activation reaches stay dense; the others carry the global target."""
         skip = {t.tensor_fqn for t in unused}
+        if len(skip) == len(self.groups):
+            raise ValueError("no calibration input reaches any targeted layer (the model's forward never calls "
+                             "them on this data); check the data or the targets")
         targets = [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in self.groups]
         levels = self._allocate(targets, [0.0 if g["tensor_fqn"] in skip else None for g in self.groups])
         for g, lv in zip(self.groups, levels):
