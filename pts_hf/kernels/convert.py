@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -240,7 +241,7 @@ def use_sparse_kernels_(
             fns: dict[str, Callable[[], object]] = {DENSE: (lambda m=module, x=x: m(x))}
             fns.update({k: (lambda m=m, x=x: m(x)) for k, m in built.items()})
             times = timer(fns) if timer else time_candidates(fns, repeats=repeats, warmup=warmup, device=w.device)
-            entry.times_ms = {k: v * 1e3 for k, v in times.items()}
+            entry.times_ms = {k: v * 1e3 for k, v in times.items() if math.isfinite(v)}  # failed: left out
             choice = choose_kernel(times, margin=margin)
             entry.reason = "fastest measured" if choice != DENSE else f"no kernel beat dense by {margin:.0%}"
         else:
