@@ -171,7 +171,7 @@ def use_sparse_kernels_(
     targets: Sequence[str] | None = None,
     ignore: Sequence[str] | None = None,
     min_sparsity: float = 0.5,
-    repeats: int = 7,
+    repeats: int = 9,
     warmup: int = 2,
     margin: float = 0.05,
     check: bool = True,
@@ -180,7 +180,8 @@ def use_sparse_kernels_(
     """Run each targeted layer with the fastest of dense, CSR (CPU) and 2:4 semi-structured (CUDA), in place.
 
     Each layer is timed on the input it receives when the model runs ``example_inputs`` (a tensor, a tuple of
-    arguments or a dict of keyword arguments); a sparse kernel replaces it only if it measured faster than dense
+    arguments or a dict of keyword arguments), ``repeats`` interleaved runs each, keeping the fastest run (see
+    :func:`~pts_hf.kernels.time_candidates`); a sparse kernel replaces it only if it measured faster than dense
     by ``margin`` (``backend="auto"``). ``backend="csr"`` / ``"semi_structured"`` force that kernel on every
     layer it can run that holds zeros; ``"dense"`` converts nothing. Layers below ``min_sparsity`` stay dense
     under ``auto`` without being timed. Converted layers keep dense-shaped ``state_dict()`` entries; undo with
