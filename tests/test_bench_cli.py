@@ -75,3 +75,29 @@ def test_model_weight_bytes_counts_csr_storage():
     # 8 of 64 columns kept: 512 values (4 B) + 512 int32 column indices + 65 int32 row pointers
     assert dense == 64 * 64 * 4
     assert model_weight_bytes(model) == 512 * 4 + 512 * 4 + 65 * 4
+
+
+def test_inference_benchmark_example_runs(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    sys.path.insert(0, str(examples))
+    try:
+        spec = importlib.util.spec_from_file_location("inference_benchmark", examples / "inference_benchmark.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        threads = torch.get_num_threads()
+        try:
+            rows = module.main(["--models", "resnet20-fmnist", "--allocations", "uniform", "--sparsities", "0.9",
+                                "--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--kernel-repeats", "1",
+                                "--no-write"])
+        finally:
+            torch.set_num_threads(threads)
+    finally:
+        sys.path.remove(str(examples))
+    (row,) = rows
+    assert row["model"] == "resnet20-fmnist" and row["achieved"] == pytest.approx(0.9, abs=1e-4)
+    assert row["layers"] == 22 and row["converted"] <= 3  # only the 1×1 shortcuts and fc have a CSR kernel
+    assert row["dense_ms"] > 0 and row["sparse_ms"] > 0

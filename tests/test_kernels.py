@@ -270,3 +270,25 @@ def test_semi_structured_matches_dense_on_gpu():  # pragma: no cover - runs only
     rep = use_sparse_kernels_(model, x, backend="semi_structured")
     assert rep.converted
     torch.testing.assert_close(model(x), want, atol=1e-2, rtol=1e-2)
+
+
+def test_auto_offers_semi_structured_where_supported(monkeypatch):
+    """Wiring of the 2:4 candidate without a GPU: pretend every layer qualifies, stand in a CSR layer for the
+    kernel, and let the injected timings make it the fastest."""
+    import pts_hf.kernels.convert as convert
+
+    class FakeSemiStructured(CSRLayer):
+        pass
+
+    monkeypatch.setattr(convert, "semi_structured_unsupported_reason", lambda matrix: None)
+    monkeypatch.setattr(convert, "SemiStructuredLayer", FakeSemiStructured)
+    model = _zero_(_Net(), 0.7).eval()
+    x = torch.randn(2, 3, 4, 4)
+    want = model(x)
+    offered = []
+    fast_2to4 = _always("semi_structured")
+    rep = use_sparse_kernels_(model, x, timer=lambda fns: offered.append(sorted(fns)) or fast_2to4(fns))
+    assert offered and all(names == ["csr", "dense", "semi_structured"] for names in offered)
+    assert {la.choice for la in rep.layers if la.name != "conv"} == {"semi_structured"}
+    assert isinstance(model.fc1, FakeSemiStructured)
+    torch.testing.assert_close(model(x), want, atol=ATOL, rtol=RTOL)
