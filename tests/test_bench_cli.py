@@ -67,7 +67,7 @@ def test_bench_text_model_with_missing_text_file_exits_2(sparse_bert_dir, capsys
 
 
 def test_model_weight_bytes_counts_csr_storage():
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False)).eval()
     with torch.no_grad():
         model[0].weight[:, 8:] = 0
     dense = model_weight_bytes(model)

@@ -194,7 +194,8 @@ def test_tiny_hf_model_end_to_end_and_restore(build):
 def test_restore_keeps_parameter_order_and_grad_flags():
     model = _zero_(_Net(), 0.9)
     names = [n for n, _ in model.named_parameters()]
-    use_sparse_kernels_(model, torch.randn(2, 3, 4, 4), backend="csr")
+    with pytest.warns(UserWarning, match="training mode"):
+        use_sparse_kernels_(model, torch.randn(2, 3, 4, 4), backend="csr")
     restore_dense_(model)
     assert [n for n, _ in model.named_parameters()] == names
     assert all(p.requires_grad for p in model.parameters())

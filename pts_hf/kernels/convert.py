@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -208,6 +209,9 @@ def use_sparse_kernels_(
                              "(sparsifier.squash_mask(), or use the model of a pts_hf.sparsify result)")
     layers = {t.module_name: t.module for t in found if not isinstance(t.module, _SparseMatmulLayer)}
     seen, reference = _capture_inputs(model, layers, example_inputs)
+    if check and model.training:
+        warnings.warn("the model is in training mode: dropout makes the output check meaningless and timings "
+                      "include it; call model.eval() first", stacklevel=2)
 
     report: list[LayerKernel] = []
     for name, module in layers.items():
@@ -262,6 +266,11 @@ def use_sparse_kernels_(
         if got is not None and ref is not None and got.shape == ref.shape:
             out.max_abs_diff = float((got.float() - ref.float()).abs().max())
             out.tolerance = TOLERANCE.get(str(ref.dtype).replace("torch.", ""), (1e-4, 1e-4))
+            atol, rtol = out.tolerance
+            if out.max_abs_diff > atol + rtol * float(ref.float().abs().max()):
+                warnings.warn(f"converted model's outputs differ from the dense model's by {out.max_abs_diff:.3g}, "
+                              f"more than atol={atol} + rtol={rtol}·max|output|; call restore_dense_(model) and "
+                              "report the model", stacklevel=2)
     return out
 
 
