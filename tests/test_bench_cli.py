@@ -101,3 +101,19 @@ def test_inference_benchmark_example_runs(tmp_path):
     assert row["model"] == "resnet20-fmnist" and row["achieved"] == pytest.approx(0.9, abs=1e-4)
     assert row["layers"] == 22 and row["converted"] <= 3  # only the 1×1 shortcuts and fc have a CSR kernel
     assert row["dense_ms"] > 0 and row["sparse_ms"] > 0
+
+
+def test_kernel_layouts_example_runs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "kernel_layouts.py"
+    spec = importlib.util.spec_from_file_location("kernel_layouts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        text = module.main(["--shapes", "64x32", "--tokens", "8", "--sparsities", "0.9", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert "| 64x32 | 8 | 90% |" in text and "csr W@xT int32" in text
