@@ -61,7 +61,7 @@ def _bundled(name: str, batch_sizes: list[int]) -> tuple[Any, dict[str, Any], li
     return model, {f"{b}x1x28x28": x[:b] for b in batch_sizes}, [x[:64]]
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace, partial: Path | None = None) -> list[dict[str, Any]]:
     import pts_hf
     from pts_hf.bench import bench_model
 
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                           f"targeted weights {b['targeted_bytes_sparse'] / b['targeted_bytes_dense']:.3f}x",
                           flush=True)
                 del res
+                if partial is not None:  # rows so far survive an interrupted run
+                    partial.write_text(json.dumps({"rows": rows}, indent=1))
     return rows
 
 
@@ -137,7 +139,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    rows = run(args)
+    partial = None if args.no_write else ROOT / "benchmarks" / f"{args.tag}.partial.json"
+    if partial is not None:
+        partial.parent.mkdir(exist_ok=True)
+    rows = run(args, partial)
     meta = {"command": "python examples/inference_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {(torch.backends.mkl.is_available() and 'MKL') or 'no MKL'}",
             "threads": args.threads, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
@@ -148,6 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         (ROOT / "benchmarks").mkdir(exist_ok=True)
         (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+        partial.unlink(missing_ok=True)
     return rows
 
 

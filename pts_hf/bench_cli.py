@@ -132,5 +132,9 @@ def _layer_table(report: dict[str, Any]) -> str:
     from pts_hf.kernels.convert import KernelReport, LayerKernel
 
     layers = [LayerKernel(**{**la, "shape": tuple(la["shape"])}) for la in report["layers"]]
-    return KernelReport(report["backend"], layers).summary()
+    text = KernelReport(report["backend"], layers).summary()
+    e2e = report.get("end_to_end_ms")
+    if e2e:
+        text += f"\nwhole model while choosing: dense {e2e['dense']:.2f} ms, converted {e2e['converted']:.2f} ms"
+    return text
 

@@ -33,9 +33,10 @@ def _zero_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
 
 
 def _always(choice: str):
-    """A timer under which ``choice`` measures 10× faster than dense and every other kernel 2× slower."""
+    """A timer under which ``choice`` (and the converted model end to end) measures 10× faster than dense and every
+    other kernel 2× slower."""
     def timer(fns):
-        return {k: (0.1 if k == choice else 1.0 if k == "dense" else 2.0) for k in fns}
+        return {k: (0.1 if k in (choice, "converted") else 1.0 if k == "dense" else 2.0) for k in fns}
     return timer
 
 
@@ -156,6 +157,25 @@ def test_auto_keeps_dense_when_sparse_measured_slower():
     assert not rep.converted
     assert all(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.children())
     assert "nothing was converted" in rep.summary()
+
+
+def test_auto_reverts_when_converted_model_is_slower_end_to_end():
+    model = _zero_(_Net(), 0.95).eval()
+    x = torch.randn(4, 3, 4, 4)
+    want = model(x)
+    names = [n for n, _ in model.named_parameters()]
+    layer_fast = _always("csr")
+
+    def timer(fns):  # every layer faster alone, the whole converted model slower
+        return {"dense": 1.0, "converted": 1.5} if "converted" in fns else layer_fast(fns)
+
+    rep = use_sparse_kernels_(model, x, timer=timer)
+    assert not rep.converted and rep.end_to_end_ms == {"dense": 1000.0, "converted": 1500.0}
+    assert {la.reason for la in rep.layers if la.name != "conv"} == {
+        "reverted: the converted model was not faster end to end"}
+    assert not any(isinstance(m, CSRLayer) for m in model.modules())
+    assert [n for n, _ in model.named_parameters()] == names
+    torch.testing.assert_close(model(x), want, atol=0, rtol=0)
 
 
 def test_auto_real_timing_never_slower_in_report():
@@ -289,7 +309,9 @@ def test_auto_offers_semi_structured_where_supported(monkeypatch):
     offered = []
     fast_2to4 = _always("semi_structured")
     rep = use_sparse_kernels_(model, x, timer=lambda fns: offered.append(sorted(fns)) or fast_2to4(fns))
-    assert offered and all(names == ["csr", "dense", "semi_structured"] for names in offered)
+    *per_layer, whole = offered  # the last timing is the end-to-end check
+    assert per_layer and all(names == ["csr", "dense", "semi_structured"] for names in per_layer)
+    assert whole == ["converted", "dense"]
     assert {la.choice for la in rep.layers if la.name != "conv"} == {"semi_structured"}
     assert isinstance(model.fc1, FakeSemiStructured)
     torch.testing.assert_close(model(x), want, atol=ATOL, rtol=RTOL)

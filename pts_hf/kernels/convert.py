@@ -49,6 +49,7 @@ class KernelReport:
     layers: list[LayerKernel]
     max_abs_diff: float | None = None  # model outputs, converted vs dense-with-zeros, on example_inputs
     tolerance: tuple[float, float] | None = None
+    end_to_end_ms: dict[str, float] | None = None  # auto + verify: whole model, dense vs converted
 
     @property
     def converted(self) -> list[LayerKernel]:
@@ -65,7 +66,7 @@ class KernelReport:
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "converted": len(self.converted), "layers": [asdict(la) for la in self.layers],
                 "dense_bytes": self.dense_bytes, "bytes": self.bytes, "max_abs_diff": self.max_abs_diff,
-                "tolerance": self.tolerance}
+                "tolerance": self.tolerance, "end_to_end_ms": self.end_to_end_ms}
 
     def summary(self) -> str:
         width = max([5, *(len(la.name) for la in self.layers)])
@@ -158,11 +159,25 @@ def _candidates(module: nn.Module, kind: str, matrix: torch.Tensor, x: torch.Ten
     return built, skipped
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module, new: _SparseMatmulLayer) -> None:
-    _set_submodule(model, name, new)
-    del module.weight  # the dense weight is freed (the wrapper holds the sparse one); restore_dense_ puts it back
+def _free_dense(module: nn.Module) -> None:
+    """Drop the replaced layer's dense weight (the wrapper holds the sparse one; restore_dense_ puts it back)."""
+    del module.weight
     if "bias" in module._parameters:
         del module.bias
+
+
+def _verify_end_to_end(model: nn.Module, example_inputs: Any, swapped: list[tuple[str, nn.Module, nn.Module]],
+                       time_fn: Callable[[dict[str, Callable[[], object]]], dict[str, float]]) -> dict[str, float]:
+    """Time the whole model with the dense layers and with the chosen kernels, swapping them in turn."""
+    def run_with(sparse: bool) -> object:
+        for name, module, new in swapped:
+            _set_submodule(model, name, new if sparse else module)
+        return run_model(model, example_inputs)
+
+    times = time_fn({DENSE: lambda: run_with(False), "converted": lambda: run_with(True)})
+    for name, _module, new in swapped:
+        _set_submodule(model, name, new)
+    return times
 
 
 def use_sparse_kernels_(
@@ -176,6 +191,8 @@ def use_sparse_kernels_(
     warmup: int = 2,
     margin: float = 0.05,
     check: bool = True,
+    verify: bool = True,
+    verify_repeats: int = 5,
     timer: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
 ) -> KernelReport:
     """Run each targeted layer with the fastest of dense, CSR (CPU) and 2:4 semi-structured (CUDA), in place.
@@ -185,8 +202,11 @@ def use_sparse_kernels_(
     :func:`~pts_hf.kernels.time_candidates`); a sparse kernel replaces it only if it measured faster than dense
     by ``margin`` (``backend="auto"``). ``backend="csr"`` / ``"semi_structured"`` force that kernel on every
     layer it can run that holds zeros; ``"dense"`` converts nothing. Layers below ``min_sparsity`` stay dense
-    under ``auto`` without being timed. Converted layers keep dense-shaped ``state_dict()`` entries; undo with
-    :func:`restore_dense_`. ``timer`` replaces the timing loop (tests inject timings through it).
+    under ``auto`` without being timed. With ``verify`` (``auto`` only) the whole model is then timed with the
+    dense layers and with the chosen kernels (``verify_repeats`` interleaved runs each); if the converted model is
+    not faster every layer is put back to dense, so the result is never slower end to end than measured dense.
+    Converted layers keep dense-shaped ``state_dict()`` entries; undo with :func:`restore_dense_`. ``timer``
+    replaces the timing loop, for layers and end to end (tests inject timings through it).
 
     Raises:
         ValueError: unknown backend; ``example_inputs`` the model cannot run; a targeted layer still
@@ -214,6 +234,7 @@ def use_sparse_kernels_(
                       "include it; call model.eval() first", stacklevel=2)
 
     report: list[LayerKernel] = []
+    swapped: list[tuple[str, nn.Module, _SparseMatmulLayer]] = []
     for name, module in layers.items():
         w = module.weight.detach()
         kind = layer_kind(module)
@@ -255,10 +276,25 @@ def use_sparse_kernels_(
         if choice == DENSE:
             continue
         new = built[choice]
-        _replace(model, name, module, new)
+        _set_submodule(model, name, new)
+        swapped.append((name, module, new))
         entry.choice, entry.bytes = choice, new.weight_nbytes()
 
     out = KernelReport(backend, report)
+    if backend == "auto" and verify and swapped:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        times = _verify_end_to_end(model, example_inputs, swapped, timer or (
+            lambda fns: time_candidates(fns, repeats=verify_repeats, warmup=1, device=device)))
+        out.end_to_end_ms = {k: v * 1e3 for k, v in times.items()}
+        if choose_kernel(times, margin=0.0) == DENSE:
+            for name, module, _new in swapped:
+                _set_submodule(model, name, module)
+            for entry in out.converted:
+                entry.choice, entry.bytes = DENSE, entry.dense_bytes
+                entry.reason = "reverted: the converted model was not faster end to end"
+            swapped = []
+    for _name, module, _new in swapped:
+        _free_dense(module)
     if check and out.converted:
         with torch.inference_mode():
             got = _first_tensor(run_model(model, example_inputs))

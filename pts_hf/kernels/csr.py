@@ -87,9 +87,12 @@ class _SparseMatmulLayer(nn.Module):
         return from_matrix(self.dense_matrix(), self.kind, torch.Size(self.weight_shape))
 
     def _rows(self, x2: torch.Tensor) -> torch.Tensor:
-        """(N, in) -> (N, out), bias included."""
-        y = self.matmul_t(x2.t()).t()
-        return y if self.bias is None else y + self.bias
+        """(N, in) -> (N, out), bias included, contiguous: a transposed view would slow down every later op
+        (layer norms, residual adds), a cost the per-layer timing would not see."""
+        y = self.matmul_t(x2.t())
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "conv1x1":
@@ -99,7 +102,7 @@ class _SparseMatmulLayer(nn.Module):
             y = self.matmul_t(x.permute(1, 0, 2, 3).reshape(c, b * h * w))  # (out, B·H·W)
             if self.bias is not None:
                 y = y + self.bias[:, None]
-            return y.reshape(-1, b, h, w).permute(1, 0, 2, 3)
+            return y.reshape(-1, b, h, w).permute(1, 0, 2, 3).contiguous()
         lead = x.shape[:-1]
         return self._rows(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
 
