@@ -136,14 +136,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="inference", help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--from-partial", action="store_true",
+                   help="do not measure: write the table from benchmarks/<tag>.partial.json (an interrupted run, "
+                        "the other options as that run was given)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     partial = None if args.no_write else ROOT / "benchmarks" / f"{args.tag}.partial.json"
     if partial is not None:
         partial.parent.mkdir(exist_ok=True)
-    rows = run(args, partial)
-    meta = {"command": "python examples/inference_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    rows = json.loads(partial.read_text())["rows"] if args.from_partial and partial else run(args, partial)
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--from-partial"]
+    meta = {"command": "python examples/inference_benchmark.py " + " ".join(given)
+            + (" (interrupted; rows measured before the interruption)" if args.from_partial else ""),
             "machine": f"{platform.machine()}, {(torch.backends.mkl.is_available() and 'MKL') or 'no MKL'}",
             "threads": args.threads, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
             "repeats": args.repeats, "warmup": args.warmup}
