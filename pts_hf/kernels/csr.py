@@ -174,6 +174,19 @@ class CSRLayer(_SparseMatmulLayer):
             return torch.mm(w, x_t.contiguous() if self.chunk is not None else x_t)
         return torch.cat([torch.mm(w, part.contiguous()) for part in x_t.split(self.chunk, dim=1)], dim=1)
 
+    def _rows(self, x2: torch.Tensor) -> torch.Tensor:
+        """Chunked: each block's (out, chunk) product is transposed into the (N, out) result while it is still in
+        cache, instead of one transpose of the whole output at the end."""
+        n = x2.shape[0]
+        if self.chunk is None or n <= self.chunk:
+            return super()._rows(x2)
+        w = self.weight_csr
+        y = torch.empty(n, w.shape[0], dtype=x2.dtype, device=x2.device)
+        for start in range(0, n, self.chunk):
+            part = x2[start:start + self.chunk]
+            y[start:start + part.shape[0]] = torch.mm(w, part.t().contiguous()).t()
+        return y if self.bias is None else y.add_(self.bias)
+
     def extra_repr(self) -> str:
         out, inp = self.weight_csr.shape
         density = self.weight_csr.values().numel() / max(out * inp, 1)
