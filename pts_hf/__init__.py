@@ -10,6 +10,7 @@ from pts_hf.hub import push_to_hub
 
 # Plain `from_pretrained` restores bitmask checkpoints once transformers is imported (never imported here).
 from pts_hf.integrations.transformers_plugin import install_import_hook as _install_hook
+from pts_hf.kernels import restore_dense_, use_sparse_kernels_
 from pts_hf.sparsifiers import (
     SPARSIFIERS,
     FCPTSConfig,
@@ -57,6 +58,8 @@ __all__ = [
     "get_sparsifier_class",
     "load_sparse",
     "push_to_hub",
+    "restore_dense_",
     "save_sparse",
     "sparsify",
+    "use_sparse_kernels_",
 ]

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pts_hf.sparsifiers import SPARSIFIERS
 
     parser = argparse.ArgumentParser(prog="pts-hf", description="Post-training sparsity for PyTorch / HF models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{sparsify,evaluate,inspect}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sparsify,evaluate,inspect,bench}")
 
     sp = sub.add_parser(
         "sparsify", help="sparsify a model on calibration data",
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Print the per-layer table of DIR's report.json (or, without one, the "
                                      "sparsity measured in DIR's safetensors weights).")
     ins.add_argument("dir", type=Path, help="a folder written by pts-hf sparsify")
+
+    from pts_hf.bench_cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -409,9 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     start = time.perf_counter()
     try:
+        from pts_hf.bench_cli import cmd_bench
+
+        commands = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect, "bench": cmd_bench}
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            code = {"sparsify": cmd_sparsify, "evaluate": cmd_evaluate, "inspect": cmd_inspect}[args.command](args)
+            code = commands[args.command](args)
     except (CLIError, SpecError, FileNotFoundError) as e:
         print(f"pts-hf: error: {e}", file=sys.stderr)
         return getattr(e, "code", 2)
