@@ -25,9 +25,10 @@ def main() -> None:
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
                           nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
     x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    options = {"steps": args.steps} if args.method in ("fcpts", "unipts") else {}
-    r = pts_hf.sparsify(model, x, method=args.method, sparsity=0.8, batch_size=8, accelerator=acc, progress=False,
-                        **options)
+    # the distilling methods train through the accelerator; the layer-wise ones sum their statistics with
+    # torch.distributed directly (initialised here by the Accelerator under torchrun / accelerate launch)
+    options = {"steps": args.steps, "accelerator": acc} if args.method in ("fcpts", "unipts") else {}
+    r = pts_hf.sparsify(model, x, method=args.method, sparsity=0.8, batch_size=8, progress=False, **options)
     flat = torch.cat([p.detach().reshape(-1) for p in r.model.parameters()]).to(acc.device)
     if dist.is_initialized():
         gathered = acc.gather(flat.unsqueeze(0))

@@ -160,7 +160,8 @@ def sparsify(
         seed: seed for every random choice.
         inplace: modify ``model`` itself instead of a deep copy.
         targets / ignore: layer patterns (see :mod:`pts_hf.targets`).
-        accelerator: an ``accelerate.Accelerator`` to use (one is created otherwise).
+        accelerator: an ``accelerate.Accelerator`` to use (the distilling methods create one otherwise; the
+            one-shot and layer-wise methods use ``torch.distributed`` directly when it is initialised).
         progress: show progress (a bar on a terminal, a line every 30 s otherwise); a UI setting, valid for
             every method.
         checkpoint_dir: a folder where the learned methods save their state (see :mod:`pts_hf.resume`) every
@@ -189,7 +190,7 @@ def sparsify(
     torch.manual_seed(seed)
     modes = _training_modes(model)
     work = model if inplace else copy.deepcopy(model)
-    if accelerator is None:
+    if accelerator is None and cls.keeps_teacher:  # the distillation loop runs through accelerate
         accelerator = _make_accelerator(config)
     if config.allocation in NEEDS_ACTIVATIONS:  # e.g. OWL: scores from the dense model's activations first
         if calib is None:

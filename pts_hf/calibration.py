@@ -298,4 +298,11 @@ def recalibrate_batchnorm(
         for m in bns:
             m.running_mean.copy_(accelerator.reduce(m.running_mean, "mean"))
             m.running_var.copy_(accelerator.reduce(m.running_var, "mean"))
+    elif accelerator is None and torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        world = torch.distributed.get_world_size()
+        for m in bns:
+            for buf in (m.running_mean, m.running_var):
+                torch.distributed.all_reduce(buf)
+                buf.div_(world)
     return used
