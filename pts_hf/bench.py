@@ -118,7 +118,11 @@ def token_inputs(vocab_size: int, batch: int, seq_len: int, seed: int = 0) -> di
 def text_inputs(tokenizer: Any, path: str | Path, batch: int, seq_len: int) -> dict[str, torch.Tensor]:
     """``batch`` rows of ``seq_len`` tokens from a text file (one document per line, Latin-1 tolerated): each row
     is one line, padded/truncated to exactly ``seq_len`` (lines are cycled if the file has fewer)."""
-    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # e.g. gensim's Latin-1 test texts
+        text = raw.decode("latin-1")
     lines = [s.strip() for s in text.splitlines() if s.strip()]
     if not lines:
         raise ValueError(f"text file {str(path)!r} holds no non-empty line")
