@@ -237,15 +237,20 @@ class _Pipeline:
             moved = self._to_device(unit)
             stats = self._new_stats(unit.targets)
             mask_ref: list[Any] = [None]
+            last = i + 1 == len(run)
+            rerun = self.sequential and bool(unit.targets) and not last  # outputs come from the pruned unit
             outs = []
             with HookOwner() as hooks, torch.no_grad():
                 self._stat_hooks(hooks, unit.targets, stats, mask_ref)
                 for call, mask in zip(inputs, self.token_masks):
                     mask_ref[0] = mask
-                    outs.append(_first_tensor(unit.module(*call.args, **call.kwargs)))
+                    out = _first_tensor(unit.module(*call.args, **call.kwargs))
+                    if not (rerun or last):  # keep only outputs the next unit will use (memory)
+                        outs.append(out)
+                    del out
             if unit.targets:
                 self._process(unit, stats)
-                if self.sequential and i + 1 < len(run):
+                if rerun:
                     with torch.no_grad():
                         outs = self._run_unit(unit, inputs)
             del stats
