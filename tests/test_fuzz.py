@@ -137,6 +137,6 @@ def test_mask_structures_exact_or_clean_error(shapes, structure, method, seed):
                 assert bool((w != 0).all())  # ineligible: left dense
         if nm is None:
             n = sum(r.layer_numel.values())
-            assert round(r.global_sparsity * n) == round(0.5 * n)
+            assert abs(round(r.global_sparsity * n) - 0.5 * n) <= 0.5  # round(s·N), either way on an exact tie
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
