@@ -332,8 +332,8 @@ def run(args: argparse.Namespace) -> dict:
             else:
                 print(f"  {job['variant']:<36} {job['structure']:<12} {job['sparsity']:.2f} seed {job['seed']}: "
                       f"achieved {res['achieved']:.4f} cos {res['cosine']['polarity']:.4f} probe "
-                      f"{res['probe']:.1f}% {res['seconds']:.1f}s peak {res['peak_rss_mib']:.0f} MiB "
-                      f"(Δ {res['delta_rss_mib']:.0f})", flush=True)
+                      f"{res['probe']:.1f}% {res['seconds']:.1f}s (CPU {res['cpu_seconds']:.1f}s) "
+                      f"peak {res['peak_rss_mib']:.0f} MiB (Δ {res['delta_rss_mib']:.0f})", flush=True)
             if not args.no_write:  # after every run, so an interrupted benchmark keeps what it did
                 (ROOT / "benchmarks").mkdir(exist_ok=True)
                 tmp = ROOT / "benchmarks" / f".{args.tag}.json.tmp"  # atomic: a concurrent run may read it
