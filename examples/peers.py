@@ -45,8 +45,9 @@ _EXAMPLES = Path(__file__).resolve().parent
 
 
 def _unshadow() -> None:
-    """examples/multiprocess.py would shadow the ``multiprocess`` package that ``datasets`` (imported by
-    llm-compressor) needs: drop this folder from ``sys.path`` before importing a peer (our helpers are loaded)."""
+    """Drop this folder from ``sys.path`` before importing a peer (our helpers are loaded), so no example module
+    can shadow a package the peers import (``examples/multiprocess.py`` once shadowed ``multiprocess``, which
+    ``datasets`` needs; it is ``examples/distributed.py`` now)."""
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _EXAMPLES]
     if getattr(sys.modules.get("multiprocess"), "__file__", "").startswith(str(_EXAMPLES)):
         del sys.modules["multiprocess"]

@@ -47,7 +47,7 @@ def test_two_processes_end_with_identical_exact_weights(method):
     import subprocess
 
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          str(EXAMPLES / "multiprocess.py"), "--steps", "4", "--method", method],
+                          str(EXAMPLES / "distributed.py"), "--steps", "4", "--method", method],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "processes=2 global_sparsity=0.800000 identical_weights=True" in out.stdout

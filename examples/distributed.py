@@ -1,4 +1,4 @@
-"""Calibration over several processes: ``torchrun --nproc_per_node 2 examples/multiprocess.py`` (or
+"""Calibration over several processes: ``torchrun --nproc_per_node 2 examples/distributed.py`` (or
 ``accelerate launch``). Each process takes every other calibration batch; gradients (thresholds included) are
 averaged for the distilling methods, layer statistics (Hessians, input norms) are summed for the layer-wise ones,
 so every process ends with the same sparse weights and masks, which this script checks."""
