@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
                                    "folder / Hub name with an image column")
     sp.add_argument("--method", default="fcpts", choices=sorted(SPARSIFIERS), help="sparsification method")
-    sp.add_argument("--sparsity", type=_sparsity, default=0.9, help="global target sparsity in [0, 1)")
-    sp.add_argument("--allocation", default="erk", help="(initial) per-layer allocation: uniform, erk, lamp, "
-                                                         "l2norm, global")
+    sp.add_argument("--sparsity", type=_sparsity, default=None,
+                    help="global target sparsity in [0, 1) (default 0.9; (M-N)/M with --mask-structure N:M)")
+    sp.add_argument("--allocation", default=None, help="(initial) per-layer allocation: uniform, erk, lamp, "
+                                                       "l2norm, global, owl (default: the method's)")
+    sp.add_argument("--mask-structure", default="unstructured",
+                    help="'unstructured' or 'N:M' (e.g. 2:4): at most N non-zeros in every M consecutive inputs")
     sp.add_argument("--calib-samples", type=_positive, default=1024,
                     help="calibration images drawn (seeded) from the training split")
     sp.add_argument("--steps", type=_positive, help="optimisation steps (learned methods; default: the method's)")
@@ -265,12 +268,19 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     options = dict(args.option)
     if args.steps is not None:
         options["steps"] = args.steps
+    if args.allocation is not None:
+        options["allocation"] = args.allocation
+    if args.mask_structure != "unstructured":
+        options["mask_structure"] = args.mask_structure
     cls = pts_hf.get_sparsifier_class(args.method)
     try:  # every option checked before anything is loaded
-        cls.config_class.from_options(sparsity=args.sparsity, allocation=args.allocation, seed=args.seed,
-                                      batch_size=args.batch_size, **options)
+        checked = cls.config_class.from_options(
+            sparsity=0.9 if args.sparsity is None and "mask_structure" not in options else
+            (args.sparsity if args.sparsity is not None else cls.config_class.__dataclass_fields__["sparsity"].default),
+            seed=args.seed, batch_size=args.batch_size, **options)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from e
+    args.sparsity = checked.sparsity
 
     checkpoint_dir = _checkpoint_dir(args)
     with _stage(f"loading {args.model}"):
@@ -294,7 +304,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     try:
         result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
-                                 allocation=args.allocation, seed=args.seed, batch_size=args.batch_size,
+                                 seed=args.seed, batch_size=args.batch_size,
                                  progress=progress, checkpoint_dir=checkpoint_dir,
                                  checkpoint_every=args.checkpoint_every, resume_from=args.resume, **options)
     except ValueError as e:

@@ -99,3 +99,19 @@ def test_short_end_to_end_run_and_inspect_and_evaluate(capsys, tmp_path):
     code, _, _ = _run(["sparsify", "--model", "resnet20-fmnist", "--data", "fashion-mnist", "--method", "magnitude",
                        "--output", str(out), "--calib-samples", "32", "--overwrite"], capsys)
     assert code == 0 and json.loads((out / "report.json").read_text())["method"] == "magnitude"
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_layerwise_method_with_mask_structure_and_method_default_allocation(method, capsys, tmp_path):
+    out = tmp_path / "nm"
+    code, _, err = _run(["sparsify", "--model", "resnet20-fmnist", "--data", "fashion-mnist", "--method", method,
+                              "--mask-structure", "2:4", "--calib-samples", "64", "--batch-size", "32",
+                              "--output", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_sparsity"] == 0.5 and report["config"]["mask_structure"] == "2:4"
+    assert report["config"]["allocation"] == "uniform"
+    code, _, err = _run(["sparsify", "--model", "resnet20-fmnist", "--data", "fashion-mnist", "--method", method,
+                         "--mask-structure", "2:4",
+                         "--sparsity", "0.9", "--output", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "contradicts" in err and not (tmp_path / "bad").exists()
