@@ -145,7 +145,8 @@ class _Pipeline:
                 hooks.post(u.module, post)
             for t in self.targets:
                 hooks.pre(t.module, lambda mod, a, k, t=t: used.add(id(t.module)))
-            _forward(self.model, self.batches[0])
+            with torch.no_grad():
+                _forward(self.model, self.batches[0])
         unused = [t for t in self.targets if id(t.module) not in used]
         if unused:
             names = [t.tensor_fqn for t in unused]
