@@ -225,14 +225,15 @@ class _Pipeline:
                 _forward(self.model, b)
         self._process(unit, stats)
 
-    def _run_unit(self, unit: Unit, inputs: list[_Call]) -> list[Any]:
-        outs = []
-        for call in inputs:
-            out = unit.module(*call.args, **call.kwargs)
-            outs.append(_first_tensor(out))
-        return outs
+    @staticmethod
+    def _advance(unit: Unit, inputs: list[_Call], b: int, out: Any) -> None:
+        """Batch ``b``'s input becomes the unit's output (same other arguments); the old activation is freed at
+        once, so a block's inputs and outputs never both sit in memory in full."""
+        call = inputs[b]
+        inputs[b] = _Call((_first_tensor(out), *call.args[1:]), call.kwargs)
 
     def chain(self, run: list[Unit], inputs: list[_Call]) -> None:
+        inputs = list(inputs)
         for i, unit in enumerate(run):
             start = time.perf_counter()
             moved = self._to_device(unit)
@@ -240,26 +241,24 @@ class _Pipeline:
             mask_ref: list[Any] = [None]
             last = i + 1 == len(run)
             rerun = self.sequential and bool(unit.targets) and not last  # outputs come from the pruned unit
-            outs = []
             with HookOwner() as hooks, torch.no_grad():
                 self._stat_hooks(hooks, unit.targets, stats, mask_ref)
-                for call, mask in zip(inputs, self.token_masks):
+                for b, mask in enumerate(self.token_masks):
                     mask_ref[0] = mask
-                    out = _first_tensor(unit.module(*call.args, **call.kwargs))
-                    if not (rerun or last):  # keep only outputs the next unit will use (memory)
-                        outs.append(out)
+                    out = unit.module(*inputs[b].args, **inputs[b].kwargs)
+                    if not (rerun or last):  # these (dense or target-free) outputs are the next inputs
+                        self._advance(unit, inputs, b, out)
                     del out
             if unit.targets:
                 self._process(unit, stats)
-                if rerun:
-                    with torch.no_grad():
-                        outs = self._run_unit(unit, inputs)
             del stats
+            if rerun:
+                with torch.no_grad():
+                    for b in range(len(inputs)):
+                        self._advance(unit, inputs, b, unit.module(*inputs[b].args, **inputs[b].kwargs))
             if moved is not None:
                 unit.module.to(moved)
             self.report.seconds[unit.name] = time.perf_counter() - start
-            if i + 1 < len(run):
-                inputs = [_Call((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs)]
 
     def _process(self, unit: Unit, stats: dict[str, LayerStats]) -> None:
         for st in stats.values():
