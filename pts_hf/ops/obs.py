@@ -24,14 +24,17 @@ def damped_inverse_cholesky(hessian: torch.Tensor, dampening: float = 0.01, max_
     dead = diag == 0
     diag[dead] = 1.0
     mean = diag.mean(dim=-1, keepdim=True).clamp_min(1e-12)
-    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
     damp = dampening
-    for _ in range(max_tries):
-        damped = h + (damp * mean).unsqueeze(-1) * eye
+    for _ in range(max_tries):  # one d×d float64 buffer at a time besides h (large layers: memory)
+        damped = h.clone()
+        torch.diagonal(damped, dim1=-2, dim2=-1).add_(damp * mean)
         chol, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if not bool(info.any()):
             inv = torch.cholesky_inverse(chol)
+            del chol
             upper, info = torch.linalg.cholesky_ex(inv, upper=True)
+            del inv
             if not bool(info.any()) and bool(torch.isfinite(upper).all()):
                 return upper
         damp = max(damp * 10.0, 1e-6)
