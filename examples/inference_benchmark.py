@@ -19,15 +19,13 @@ import argparse
 import datetime
 import json
 import platform
-import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from _bench_common import ROOT, write_markdown
 
 
 def _minilm(batch_sizes: list[int], seq_len: int) -> tuple[Any, dict[str, Any], list[Any]]:
@@ -110,17 +108,6 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                      f"{r['speedup']:.2f}× | {r['speedup_min']:.2f}× | {r['converted']}/{r['layers']} | {mem:.2f}× | "
                      f"{r['weight_bytes_dense'] / 2**20:.1f} → {r['weight_bytes_sparse'] / 2**20:.1f} |")
     return "\n".join(lines)
-
-
-def write_markdown(path: Path, tag: str, text: str) -> None:
-    start, end = f"<!-- bench:{tag} -->", f"<!-- /bench:{tag} -->"
-    block = f"{start}\n{text}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in old:
-        old = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
-    else:
-        old = old.rstrip() + f"\n\n{block}\n"
-    path.write_text(old)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -10,17 +10,8 @@ from typing import Any
 __all__ = ["add_bench_parser", "cmd_bench"]
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {v}")
-    return v
-
-
 def add_bench_parser(sub: Any) -> None:
+    from pts_hf.cli import _positive  # one integer parser for every subcommand
     from pts_hf.kernels import BACKENDS
 
     p = sub.add_parser(
