@@ -219,7 +219,7 @@ def sparsify(
         details.setdefault("calibration_batches", len(calib))
         details.setdefault("calibration_samples", calib.num_samples())
 
-    final_targets = [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in sparsifier.groups]
+    final_targets = sparsifier.group_targets()
     per_layer, global_s = measure_sparsity(final_targets)
     return SparsifyResult(
         model=work,

@@ -193,6 +193,12 @@ def to_device(obj: Any, device: torch.device | str | None, dtype: torch.dtype | 
     return obj
 
 
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter (None for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
+
+
 def floating_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating parameter (None for a model without one)."""
     for p in model.parameters():

@@ -61,9 +61,9 @@ class LayerStats:
         count = torch.tensor([float(self.samples)], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(count)
         self.samples = int(count.item())
-        for name, shape in (("hessian", (g, c, c)), ("sq_sum", (g, c)), ("sum", (g, c))):
-            if (name == "hessian" and "hessian" not in self.kinds) or (name == "sq_sum" and "sq_sum" not in \
-                    self.kinds) or (name == "sum" and "mean" not in self.kinds):
+        for kind, name, shape in (("hessian", "hessian", (g, c, c)), ("sq_sum", "sq_sum", (g, c)),
+                                  ("mean", "sum", (g, c))):
+            if kind not in self.kinds:
                 continue
             t = getattr(self, name)
             if t is None:  # this rank saw no samples

@@ -234,6 +234,10 @@ class PTSSparsifier(BaseSparsifier):
     def original_of(group: dict[str, Any]) -> torch.Tensor:
         return group["module"].parametrizations[group["tensor_name"]].original
 
+    def group_targets(self) -> list[Target]:
+        """The prepared groups as :class:`~pts_hf.targets.Target` s, in order."""
+        return [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in self.groups]
+
     def layout_of(self, group: dict[str, Any]) -> GemmLayout:
         """The GEMM view ``[groups, rows, columns]`` of a group's weight (N:M groups run along the columns)."""
         return gemm_layout(group["module"], self.original_of(group))

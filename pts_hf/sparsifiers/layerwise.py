@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pts_hf.calibration import recalibrate_batchnorm
+from pts_hf.calibration import model_device, recalibrate_batchnorm
 from pts_hf.config import SparsityConfig, help_field
 from pts_hf.parametrize import FixedMask, PTSParametrization
 from pts_hf.pipeline import LayerStats, run_pipeline
@@ -121,7 +121,7 @@ class LayerwiseSparsifier(PTSSparsifier):
         if len(skip) == len(self.groups):
             raise ValueError("no calibration input reaches any targeted layer (the model's forward never calls "
                              "them on this data); check the data or the targets")
-        targets = [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in self.groups]
+        targets = self.group_targets()
         levels = self._allocate(targets, [0.0 if g["tensor_fqn"] in skip else None for g in self.groups])
         for g, lv in zip(self.groups, levels):
             g["sparsity_level"] = lv
@@ -135,20 +135,16 @@ class LayerwiseSparsifier(PTSSparsifier):
             for t in targets:
                 self.prune_group(by_fqn[t.tensor_fqn], stats[t.tensor_fqn], counts[t.tensor_fqn])
 
-        targets = [Target(g["module_fqn"], g["module"], g["tensor_name"]) for g in self.groups]
+        targets = self.group_targets()
         o = self.options
         report = run_pipeline(model, targets, data, self.statistics, process, sequential=o.sequential,
                               device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
                               on_unused=self._rebalance)
         bn_batches = 0
         if o.bn_recalibration:
-            bn_batches = recalibrate_batchnorm(model, data, device=_first_device(model), seed=o.seed,
+            bn_batches = recalibrate_batchnorm(model, data, device=model_device(model), seed=o.seed,
                                                accelerator=accelerator)
         return {"pipeline": {"blocks_from": report.block_source, "units": report.units, "runs": report.runs,
                              "unused_layers": report.unused, "unit_seconds": report.seconds,
                              "batches": report.batches}, "bn_batches": bn_batches}
 
-
-def _first_device(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None)
-    return None if p is None else p.device
