@@ -208,3 +208,43 @@ def test_only_the_current_block_is_on_the_device():
     block_calls = [row for row in model.log if "cuda:0" in row]
     assert block_calls and all(row.count("cuda:0") == 1 for row in block_calls)
     assert all(p.device.type == "cpu" for p in model.parameters())  # every block back where it was
+
+
+class Iterated(nn.Module):
+    """Two ModuleLists the parent iterates: neither runs as a unit of its own, so each is calibrated from full
+    forwards (two "full" runs)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.ModuleList([nn.Linear(16, 16)])
+        self.b = nn.ModuleList([nn.Linear(16, 16)])
+
+    def forward(self, x):
+        for layer in (*self.a, *self.b):
+            x = torch.relu(layer(x))
+        return x
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_full_forward_units_see_pruned_or_dense_inputs(sequential):
+    model = Iterated()
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        dense_in = torch.relu(model.a[0](x))
+    seen = {}
+
+    def process(targets, stats):
+        for t in targets:
+            seen[t.tensor_fqn] = stats[t.tensor_fqn].hessian[0].clone()
+            with torch.no_grad():
+                t.module.weight.mul_(t.module.weight.abs() >= t.module.weight.abs().median())
+
+    r = run_pipeline(model, discover_targets(model), [x], frozenset({"hessian"}), process, sequential=sequential,
+                     progress=False)
+    assert r.runs == [["a"], ["b"]]
+    with torch.no_grad():
+        pruned_in = torch.relu(model.a[0](x))
+    expected = pruned_in if sequential else dense_in
+    assert not torch.allclose(pruned_in, dense_in)
+    assert torch.allclose(seen["b.0.weight"], expected.t() @ expected / 32, atol=1e-5)

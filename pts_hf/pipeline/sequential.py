@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pts_hf.calibration import LABEL_KEYS, floating_dtype, split_batch, to_device
+from pts_hf.calibration import _forward_params, floating_dtype, model_device, split_batch, to_device
 from pts_hf.layers import gemm_layout
 from pts_hf.pipeline.blocks import Unit, find_units
 from pts_hf.pipeline.hooks import HookOwner, StopForward
@@ -89,27 +89,22 @@ def _chains(prev: _Call, cur: _Call, first: _Call) -> bool:
         all(_same(cur.kwargs[k], first.kwargs[k]) for k in cur.kwargs)
 
 
-def _model_inputs(model: nn.Module, batch: Any, device: torch.device | None) -> tuple[tuple, dict, Any]:
-    args, kwargs = split_batch(batch, model)
-    kwargs = {k: v for k, v in kwargs.items() if k not in LABEL_KEYS}
-    token_mask = kwargs.get("attention_mask")
-    if not (isinstance(token_mask, torch.Tensor) and token_mask.ndim == 2):
-        token_mask = None
-    from pts_hf.calibration import _forward_params
-
+def _model_inputs(model: nn.Module, batch: Any, device: torch.device | None) -> tuple[tuple, dict]:
+    args, kwargs = split_batch(batch, model)  # label keys are dropped there
     if "use_cache" in _forward_params(type(model))[0]:
         kwargs["use_cache"] = False
     dtype = floating_dtype(model)  # fp32 data feeds a bf16 / fp16 model
-    return to_device(args, device, dtype), to_device(kwargs, device, dtype), token_mask
+    return to_device(args, device, dtype), to_device(kwargs, device, dtype)
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None)
-    return None if p is None else p.device
+def _token_mask(model: nn.Module, batch: Any) -> torch.Tensor | None:
+    """The batch's ``[B, T]`` attention mask (padding tokens are left out of the statistics), if it has one."""
+    mask = split_batch(batch, model)[1].get("attention_mask")
+    return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
 
 
 def _forward(model: nn.Module, batch: Any) -> None:
-    args, kwargs, _ = _model_inputs(model, batch, _model_device(model))
+    args, kwargs = _model_inputs(model, batch, model_device(model))
     with contextlib.suppress(StopForward):
         model(*args, **kwargs)
 
@@ -123,7 +118,7 @@ class _Pipeline:
         self.device, self.stats_dtype, self.progress, self.on_unused = device, stats_dtype, progress, on_unused
         self.units, source = find_units(model, targets)
         self.report = PipelineReport(source, [u.name for u in self.units], [], batches=len(batches))
-        self.token_masks = [_model_inputs(model, b, None)[2] for b in batches]
+        self.token_masks = [_token_mask(model, b) for b in batches]
 
     # --- planning -------------------------------------------------------------------------------------------
     def plan(self) -> list[tuple[str, list[Unit]]]:
@@ -215,18 +210,21 @@ class _Pipeline:
                                "for every calibration batch")
         return captured
 
-    def full(self, unit: Unit) -> None:
-        stats = self._new_stats(unit.targets)
+    def full(self, units: list[Unit]) -> None:
+        """Statistics of ``units``' layers from full forwards of the model, then each unit is processed."""
+        targets = [t for u in units for t in u.targets]
+        stats = self._new_stats(targets)
         mask_ref: list[Any] = [None]
         with HookOwner() as hooks, torch.no_grad():
-            self._stat_hooks(hooks, unit.targets, stats, mask_ref)
+            self._stat_hooks(hooks, targets, stats, mask_ref)
             for b, mask in zip(self.batches, self.token_masks):
                 mask_ref[0] = mask
                 _forward(self.model, b)
-        self._process(unit, stats)
+        for u in units:
+            self._process(u, {t.tensor_fqn: stats[t.tensor_fqn] for t in u.targets})
 
     @staticmethod
-    def _advance(unit: Unit, inputs: list[_Call], b: int, out: Any) -> None:
+    def _advance(inputs: list[_Call], b: int, out: Any) -> None:
         """Batch ``b``'s input becomes the unit's output (same other arguments); the old activation is freed at
         once, so a block's inputs and outputs never both sit in memory in full."""
         call = inputs[b]
@@ -247,7 +245,7 @@ class _Pipeline:
                     mask_ref[0] = mask
                     out = unit.module(*inputs[b].args, **inputs[b].kwargs)
                     if not (rerun or last):  # these (dense or target-free) outputs are the next inputs
-                        self._advance(unit, inputs, b, out)
+                        self._advance(inputs, b, out)
                     del out
             if unit.targets:
                 self._process(unit, stats)
@@ -255,7 +253,7 @@ class _Pipeline:
             if rerun:
                 with torch.no_grad():
                     for b in range(len(inputs)):
-                        self._advance(unit, inputs, b, unit.module(*inputs[b].args, **inputs[b].kwargs))
+                        self._advance(inputs, b, unit.module(*inputs[b].args, **inputs[b].kwargs))
             if moved is not None:
                 unit.module.to(moved)
             self.report.seconds[unit.name] = time.perf_counter() - start
@@ -267,7 +265,7 @@ class _Pipeline:
         self.process(unit.targets, stats)
 
     def _to_device(self, unit: Unit) -> torch.device | None:
-        here = _model_device(unit.module)
+        here = model_device(unit.module)
         if self.device is None or here is None or here == self.device:
             return None
         unit.module.to(self.device)
@@ -275,15 +273,20 @@ class _Pipeline:
 
     def run(self) -> PipelineReport:
         runs = self.plan()
+        bar = _progress(sum(len(r) for _, r in runs), self.progress)
         dense_inputs: dict[int, list[_Call]] = {}
-        if not self.sequential:  # every run starts from the dense model's activations
+        if not self.sequential:  # every unit sees the dense model: capture and collect before pruning anything
             for kind, run in runs:
                 if kind == "chain":
                     dense_inputs[id(run[0])] = self.capture(run[0])
-        bar = _progress(sum(len(r) for _, r in runs), self.progress)
+            full = [run[0] for kind, run in runs if kind == "full"]
+            if full:
+                self.full(full)
+                bar.update(len(full))
+            runs = [(kind, run) for kind, run in runs if kind == "chain"]
         for kind, run in runs:
             if kind == "full":
-                self.full(run[0])
+                self.full(run)
             else:
                 inputs = dense_inputs.pop(id(run[0]), None) or self.capture(run[0])
                 self.chain(run, inputs)
