@@ -97,3 +97,12 @@ def test_owl_allocation_runs_through_sparsify(method):
     n = sum(r.layer_numel.values())
     assert round(r.global_sparsity * n) == round(0.6 * n)
     assert len(set(round(v, 3) for v in r.layer_sparsity.values())) > 1
+
+
+def test_fcpts_nm_with_fixed_mask_tail():
+    """The early projection under N:M recomputes the masks once (it recursed through step() before)."""
+    with pytest.warns(UserWarning, match="stem.weight"):
+        r = pts_hf.sparsify(Mixed(), X, method="fcpts", mask_structure="2:4", steps=4, fixed_mask_tail=0.5,
+                            batch_size=16)
+    w = gemm_layout(r.model.head, r.model.head.weight).to_gemm(r.model.head.weight.detach())
+    assert is_nm(w != 0, 2, 4)

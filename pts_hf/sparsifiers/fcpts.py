@@ -208,9 +208,9 @@ class FCPTSSparsifier(PTSSparsifier):
         """Pin masks that prune exactly ``round(sparsity·N)`` weights, ranked by |W|/scale − t across layers."""
         self._require_prepared()
         self.learned_before_projection = self.layer_sparsity()
-        if self.options.nm is not None:  # N:M masks are exact by construction
-            self.step()
+        if self.options.nm is not None:  # N:M masks are exact by construction: recompute them once more
             self.projected = True
+            PTSSparsifier.step(self)  # the masks only, not this class's step counting (which calls project)
             return
         target = self.target_sparsity() if sparsity is None else sparsity
         margins = []
