@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pts_hf.ops.wanda import wanda_scores
 from pts_hf.pipeline.sequential import run_pipeline
 from pts_hf.pipeline.stats import LayerStats
 from pts_hf.targets import Target
@@ -25,9 +26,9 @@ def activation_scores(model: nn.Module, targets: list[Target], data: Any, *, dev
         for t in ts:
             st = stats[t.tensor_fqn]
             layout = st.layout
-            w = layout.to_gemm(t.weight.detach()).float()
+            w = layout.to_gemm(t.weight.detach())
             sq = st.sq_sum if st.sq_sum is not None else torch.zeros(layout.groups, layout.columns)
-            out[t.tensor_fqn] = layout.from_gemm(w.abs() * sq.to(w.device).sqrt().unsqueeze(1)).cpu()
+            out[t.tensor_fqn] = layout.from_gemm(wanda_scores(w, sq.to(w.device))).cpu()
 
     report = run_pipeline(model, targets, data, frozenset({"sq_sum"}), collect, sequential=False, device=device,
                           progress=progress)

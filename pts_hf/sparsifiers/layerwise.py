@@ -129,9 +129,11 @@ class LayerwiseSparsifier(PTSSparsifier):
     def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> dict[str, Any]:
         self._require_prepared()
         by_fqn = {g["tensor_fqn"]: g for g in self.groups}
+        counts: dict[str, int] = {}  # filled at the first unit: after _rebalance, which runs while planning
 
         def process(targets: list[Target], stats: dict[str, LayerStats]) -> None:
-            counts = dict(zip(by_fqn, self.exact_zero_counts()))
+            if not counts:
+                counts.update(zip(by_fqn, self.exact_zero_counts()))
             for t in targets:
                 self.prune_group(by_fqn[t.tensor_fqn], stats[t.tensor_fqn], counts[t.tensor_fqn])
 
