@@ -9,7 +9,7 @@ import torch
 
 from pts_hf.config import help_field
 from pts_hf.ops.obs import sparsegpt_prune
-from pts_hf.ops.wanda import rowwise_prune_mask
+from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats
 from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 
@@ -43,12 +43,7 @@ class SparseGPTSparsifier(LayerwiseSparsifier):
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
         if stats is None or stats.hessian is None:  # no activations: magnitude within rows, no update
-            if nm is not None:
-                from pts_hf.ops.nm import nm_mask
-
-                keep = nm_mask(weight.abs(), *nm)
-            else:
-                keep = rowwise_prune_mask(weight.abs().float(), n_zero)
+            keep = wanda_keep_mask(weight, None, n_zero, nm)
             return PrunedLayer(weight * keep, keep)
         w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
                                   self.options.blocksize, self.options.dampening)

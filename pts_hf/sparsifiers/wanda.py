@@ -8,8 +8,7 @@ from typing import ClassVar
 import torch
 
 from pts_hf.config import help_field
-from pts_hf.ops.nm import nm_mask
-from pts_hf.ops.wanda import rowwise_prune_mask, wanda_scores
+from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats
 from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 
@@ -32,9 +31,5 @@ class WandaSparsifier(LayerwiseSparsifier):
 
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
-        g, _, c = weight.shape
-        sq = stats.sq_sum if stats is not None and stats.sq_sum is not None else \
-            torch.ones(g, c, device=weight.device)
-        scores = wanda_scores(weight, sq.to(weight.device))
-        keep = nm_mask(scores, *nm) if nm is not None else rowwise_prune_mask(scores, n_zero)
+        keep = wanda_keep_mask(weight, None if stats is None else stats.sq_sum, n_zero, nm)
         return PrunedLayer(weight * keep, keep)
