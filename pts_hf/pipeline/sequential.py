@@ -38,6 +38,8 @@ __all__ = ["PipelineReport", "run_pipeline"]
 logger = logging.getLogger("pts_hf")
 
 ProcessFn = Callable[[list[Target], dict[str, LayerStats]], None]
+# (unit, its inputs per batch, the dense block's outputs per batch, token masks per batch) → trains the unit
+ReconstructFn = Callable[["Unit", list["_Call"], list[torch.Tensor], list["torch.Tensor | None"]], None]
 
 
 @dataclass
@@ -112,8 +114,10 @@ def _forward(model: nn.Module, batch: Any) -> None:
 class _Pipeline:
     def __init__(self, model: nn.Module, targets: list[Target], batches: list[Any], statistics: frozenset[str],
                  process: ProcessFn, sequential: bool, device: torch.device | None, stats_dtype: torch.dtype,
-                 progress: bool, on_unused: Callable[[list[Target]], None] | None):
+                 progress: bool, on_unused: Callable[[list[Target]], None] | None,
+                 reconstruct: ReconstructFn | None = None):
         self.model, self.targets, self.batches = model, targets, batches
+        self.reconstruct = reconstruct
         self.statistics, self.process, self.sequential = statistics, process, sequential
         self.device, self.stats_dtype, self.progress, self.on_unused = device, stats_dtype, progress, on_unused
         self.units, source = find_units(model, targets)
@@ -174,7 +178,25 @@ class _Pipeline:
             if last >= 0:
                 cleaned.append((kind, run[: last + 1]))
         self.report.runs = [[u.name for u in run] for _, run in cleaned]
+        if self.reconstruct is not None:
+            self._check_comparable(cleaned, calls)
         return cleaned
+
+    @staticmethod
+    def _check_comparable(runs: list[tuple[str, list[Unit]]], calls: dict[int, list[_Call]]) -> None:
+        """Block reconstruction compares a unit's output with the dense unit's: it must be a tensor (or a
+        tuple / dict whose first entry is one), not e.g. a cache object."""
+        for kind, run in runs:
+            for u in run:
+                if kind != "chain" or not u.targets:
+                    continue
+                out = _first_tensor(calls[id(u)][0].output)
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"block {u.name or type(u.module).__name__!r} returns {type(out).__name__} as its output, "
+                        "which cannot be compared with the dense block's: block reconstruction needs a tensor (or "
+                        "a tuple / dict starting with one); pass the block's tensor output or turn reconstruction "
+                        "off (recon_steps=0)")
 
     # --- stages ---------------------------------------------------------------------------------------------
     def _new_stats(self, targets: list[Target]) -> dict[str, LayerStats]:
@@ -230,26 +252,46 @@ class _Pipeline:
         call = inputs[b]
         inputs[b] = _Call((_first_tensor(out), *call.args[1:]), call.kwargs)
 
-    def chain(self, run: list[Unit], inputs: list[_Call]) -> None:
+    def chain(self, run: list[Unit], inputs: list[_Call], dense: list[_Call] | None = None) -> None:
+        """Calibrate a chained run. With ``reconstruct``, ``dense`` carries the dense model's activations beside
+        the (pruned) ``inputs``: each unit's dense outputs are its reconstruction targets and the next dense
+        inputs."""
         inputs = list(inputs)
+        dense = list(dense) if dense is not None else None
         for i, unit in enumerate(run):
             start = time.perf_counter()
             moved = self._to_device(unit)
             stats = self._new_stats(unit.targets)
             mask_ref: list[Any] = [None]
             last = i + 1 == len(run)
+            recon = self.reconstruct is not None and bool(unit.targets)
             rerun = self.sequential and bool(unit.targets) and not last  # outputs come from the pruned unit
+            wanted: list[torch.Tensor] = []  # reconstruction targets: the dense unit's outputs on dense inputs
+            if dense is not None:  # the unit is still dense: its outputs on dense inputs are the targets
+                with torch.no_grad():
+                    for b in range(len(dense)):
+                        out = _first_tensor(unit.module(*dense[b].args, **dense[b].kwargs))
+                        wanted.append(out)
+                        self._advance(dense, b, out)
             with HookOwner() as hooks, torch.no_grad():
                 self._stat_hooks(hooks, unit.targets, stats, mask_ref)
                 for b, mask in enumerate(self.token_masks):
                     mask_ref[0] = mask
                     out = unit.module(*inputs[b].args, **inputs[b].kwargs)
-                    if not (rerun or last):  # these (dense or target-free) outputs are the next inputs
+                    if recon and dense is None:  # independent mode: the inputs are the dense activations
+                        wanted.append(_first_tensor(out))
+                    if not (rerun or last or recon):  # these (dense or target-free) outputs are the next inputs
                         self._advance(inputs, b, out)
                     del out
             if unit.targets:
                 self._process(unit, stats)
             del stats
+            if recon:
+                self.reconstruct(unit, inputs, wanted, self.token_masks)
+                if not (rerun or last):  # independent mode: the next inputs are the dense outputs
+                    for b, out in enumerate(wanted):
+                        self._advance(inputs, b, out)
+            del wanted
             if rerun:
                 with torch.no_grad():
                     for b in range(len(inputs)):
@@ -275,6 +317,14 @@ class _Pipeline:
         runs = self.plan()
         bar = _progress(sum(len(r) for _, r in runs), self.progress)
         dense_inputs: dict[int, list[_Call]] = {}
+        teacher_inputs: dict[int, list[_Call]] = {}
+        if self.reconstruct is not None and self.sequential:  # the dense model's inputs of every chain, up front
+            for kind, run in runs:
+                if kind == "chain":
+                    teacher_inputs[id(run[0])] = self.capture(run[0])
+            first = runs[0] if runs else None
+            if first is not None and first[0] == "chain":  # nothing is pruned before it: same activations
+                dense_inputs[id(first[1][0])] = teacher_inputs[id(first[1][0])]
         if not self.sequential:  # every unit sees the dense model: capture and collect before pruning anything
             for kind, run in runs:
                 if kind == "chain":
@@ -289,7 +339,7 @@ class _Pipeline:
                 self.full(run)
             else:
                 inputs = dense_inputs.pop(id(run[0]), None) or self.capture(run[0])
-                self.chain(run, inputs)
+                self.chain(run, inputs, teacher_inputs.pop(id(run[0]), None))
             bar.update(len(run))
         bar.close()
         return self.report
@@ -323,6 +373,7 @@ def run_pipeline(
     stats_dtype: torch.dtype = torch.float32,
     progress: bool = True,
     on_unused: Callable[[list[Target]], None] | None = None,
+    reconstruct: ReconstructFn | None = None,
 ) -> PipelineReport:
     """Calibrate ``targets`` of ``model`` unit by unit on ``data`` (an iterable of batches).
 
@@ -331,6 +382,10 @@ def run_pipeline(
     ``sequential=True`` later units see the pruned earlier ones; with False every unit sees dense activations.
     Under ``torch.distributed`` each process takes every world-size-th batch and the statistics are summed, so all
     processes make the same decisions. The model runs in eval mode and is returned in the mode it came in.
+
+    ``reconstruct(unit, inputs, dense_outputs, token_masks)``, when given, is called after ``process`` for every
+    unit of a chained run: the dense model's activations are carried beside the pruned ones, and
+    ``dense_outputs`` are what the unit output, still dense, on them (block-local reconstruction targets).
     """
     batches = _shard(list(data))
     if not batches:
@@ -339,7 +394,8 @@ def run_pipeline(
     model.eval()
     try:
         pipe = _Pipeline(model, targets, batches, frozenset(statistics), process, sequential,
-                         None if device is None else torch.device(device), stats_dtype, progress, on_unused)
+                         None if device is None else torch.device(device), stats_dtype, progress, on_unused,
+                         reconstruct)
         report = pipe.run()
     finally:
         for m, mode in modes.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.sparsifiers.fcpts import FCPTSConfig, FCPTSSparsifier
+from pts_hf.sparsifiers.fcpts_block import FCPTSBlockConfig, FCPTSBlockSparsifier
 from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeConfig, MagnitudeSparsifier
 from pts_hf.sparsifiers.pot import POTConfig, POTSparsifier
@@ -13,6 +14,8 @@ from pts_hf.sparsifiers.wanda import WandaConfig, WandaSparsifier
 
 __all__ = [
     "SPARSIFIERS",
+    "FCPTSBlockConfig",
+    "FCPTSBlockSparsifier",
     "FCPTSConfig",
     "FCPTSSparsifier",
     "LayerwiseConfig",
@@ -38,6 +41,7 @@ SPARSIFIERS: dict[str, type[PTSSparsifier]] = {
     WandaSparsifier.method: WandaSparsifier,
     SparseGPTSparsifier.method: SparseGPTSparsifier,
     POTSparsifier.method: POTSparsifier,
+    FCPTSBlockSparsifier.method: FCPTSBlockSparsifier,
 }
 
 

@@ -18,6 +18,7 @@ from pts_hf.calibration import model_device, recalibrate_batchnorm
 from pts_hf.config import SparsityConfig, help_field
 from pts_hf.parametrize import FixedMask, PTSParametrization
 from pts_hf.pipeline import LayerStats, run_pipeline
+from pts_hf.pipeline.sequential import ReconstructFn
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.targets import Target
 
@@ -126,10 +127,24 @@ class LayerwiseSparsifier(PTSSparsifier):
         for g, lv in zip(self.groups, levels):
             g["sparsity_level"] = lv
 
+    # --- extension points of block-wise methods --------------------------------------------------------------
+    def plan_counts(self, model: nn.Module, data: Any) -> None:
+        """Called before pruning starts; may set every group's ``sparsity_level`` (e.g. from a survey pass).
+        One-shot methods keep the allocation made at ``prepare``."""
+
+    def block_reconstruction(self) -> ReconstructFn | None:
+        """Trains each unit after it is pruned, towards the dense unit's outputs (None: one-shot methods)."""
+        return None
+
+    def calibration_details(self) -> dict[str, Any]:
+        """Method-specific entries of the run's details."""
+        return {}
+
     def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> dict[str, Any]:
         self._require_prepared()
         by_fqn = {g["tensor_fqn"]: g for g in self.groups}
         counts: dict[str, int] = {}  # filled at the first unit: after _rebalance, which runs while planning
+        self.plan_counts(model, data)
 
         def process(targets: list[Target], stats: dict[str, LayerStats]) -> None:
             if not counts:
@@ -141,12 +156,12 @@ class LayerwiseSparsifier(PTSSparsifier):
         o = self.options
         report = run_pipeline(model, targets, data, self.statistics, process, sequential=o.sequential,
                               device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
-                              on_unused=self._rebalance)
+                              on_unused=self._rebalance, reconstruct=self.block_reconstruction())
         bn_batches = 0
         if o.bn_recalibration:
             bn_batches = recalibrate_batchnorm(model, data, device=model_device(model), seed=o.seed,
                                                accelerator=accelerator)
         return {"pipeline": {"blocks_from": report.block_source, "units": report.units, "runs": report.runs,
                              "unused_layers": report.unused, "unit_seconds": report.seconds,
-                             "batches": report.batches}, "bn_batches": bn_batches}
+                             "batches": report.batches}, "bn_batches": bn_batches, **self.calibration_details()}
 

@@ -1,0 +1,146 @@
+"""Block-local reconstruction: the pruned block's parameters learn to reproduce the dense block's outputs.
+
+The block sees the inputs the pipeline gives it (the pruned model's activations when sequential) and is trained
+to output what the *dense* block output on the dense model's activations, so it also corrects the error the blocks
+before it left. Masks stay fixed (the parametrizations multiply by them, so pruned weights get no gradient); the
+loss is the mean squared error over real tokens (padding left out) divided by the dense outputs' mean square.
+Under ``torch.distributed`` every process trains on its own batches and gradients are averaged, so all processes
+keep identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BlockReconstruction", "reconstruct_block"]
+
+
+@dataclass
+class BlockReconstruction:
+    """What one block's reconstruction did: relative loss on all batches before / after, and per step."""
+
+    before: float
+    after: float
+    losses: list[float] = field(default_factory=list)
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    elif isinstance(out, dict) and out:
+        out = next(iter(out.values()))
+    return out
+
+
+def _masked_sq_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """(Σ squared error, Σ target²) over real tokens: ``mask`` ``[B, T]`` selects them in ``[B, T, ...]``."""
+    diff = (out.float() - target.float()).pow(2)
+    ref = target.float().pow(2)
+    if mask is not None and out.ndim >= 2 and tuple(out.shape[:2]) == tuple(mask.shape):
+        m = mask.to(out.device, torch.float32).reshape(*mask.shape, *([1] * (out.ndim - 2)))
+        diff, ref = diff * m, ref * m
+    return diff.sum(), ref.sum()
+
+
+def _all_reduce_grads(params: Sequence[nn.Parameter]) -> None:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world < 2:
+        return
+    for p in params:
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.distributed.all_reduce(g)
+        p.grad = g / world
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _relative_loss(block: nn.Module, calls: Sequence[Any], targets: Sequence[torch.Tensor],
+                   masks: Sequence[torch.Tensor | None], device: torch.device) -> float:
+    num = den = 0.0
+    with torch.no_grad():
+        for call, y, m in zip(calls, targets, masks):
+            e, r = _masked_sq_error(_first_tensor(block(*call.args, **call.kwargs)), y, m)
+            num, den = num + float(e), den + float(r)
+    num, den = _all_reduce_sum([num, den], device)
+    return num / max(den, 1e-30)
+
+
+def reconstruct_block(
+    block: nn.Module,
+    calls: Sequence[Any],
+    targets: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor | None],
+    *,
+    steps: int,
+    lr: float,
+    train: str = "all",
+    generator: torch.Generator | None = None,
+) -> BlockReconstruction:
+    """Train ``block``'s floating parameters (``train='all'``) or only its pruned layers' weights
+    (``train='weights'``, the parametrizations' ``original`` tensors) for ``steps`` Adam steps with a cosine
+    learning rate, one calibration batch per step (``calls[b].args / .kwargs`` → ``targets[b]``)."""
+    params = _trainable(block, train)
+    device = targets[0].device if targets else torch.device("cpu")
+    before = _relative_loss(block, calls, targets, masks, device)
+    if steps <= 0 or not params:
+        return BlockReconstruction(before, before)
+    flags = {p: p.requires_grad for p in block.parameters()}
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    saved = [p.detach().clone() for p in params]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    ref = [float(_masked_sq_error(torch.zeros_like(y), y, m)[1]) for y, m in zip(targets, masks)]
+    scale = max(sum(ref) / max(len(ref), 1), 1e-30)
+    order = torch.randperm(len(calls), generator=generator).tolist()
+    losses = []
+    try:
+        with torch.enable_grad():
+            for s in range(steps):
+                b = order[s % len(order)]
+                call = calls[b]
+                err, _ = _masked_sq_error(_first_tensor(block(*call.args, **call.kwargs)), targets[b], masks[b])
+                loss = err / scale
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                _all_reduce_grads(params)
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    after = _relative_loss(block, calls, targets, masks, device)
+    if not after < before:  # training did not help (lr too high for this block): keep the one-shot weights
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+        after = before
+    return BlockReconstruction(before, after, losses)
+
+
+def _trainable(block: nn.Module, train: str) -> list[nn.Parameter]:
+    if train == "weights":
+        from torch.nn.utils import parametrize
+
+        return [m.parametrizations[name].original for m in block.modules() if parametrize.is_parametrized(m)
+                for name in m.parametrizations if m.parametrizations[name].original.is_floating_point()]
+    return [p for p in block.parameters() if p.is_floating_point()]

@@ -1,0 +1,187 @@
+"""fcpts-block: FCPTS's globally constrained, learned allocation and adapted weights, one block at a time.
+
+1. **Budget** (unstructured): a survey pass over the dense model, block by block, measures every layer's error
+   curve — the relative output error of pruning its k least salient weights (OBS saliency w²/[H⁻¹]_jj, or the
+   diagonal w²·E[x²]) — and one solve with a single price per zero shared by all layers
+   (:func:`pts_hf.ops.budget.solve_budget`) splits exactly round(s·N) zeros across them. The global constraint
+   stays global although no two blocks are ever on the device together.
+2. **Prune** each block at its counts with SparseGPT's OBS update (or Wanda's mask), on the pruned model's
+   activations (``sequential=True``).
+3. **Reconstruct** the block against the *dense* block's outputs on the dense model's activations (block-local
+   MSE, Adam, masks fixed): the weights adapt to the masks as in FCPTS's distillation, and each block also
+   corrects what the blocks before it lost. Only the current block, its activations and the dense activations
+   are on the device; the dense outputs are computed from the block before it is pruned, so no dense copy exists.
+
+Under N:M every eligible layer is (M−N)/M sparse and the budget step is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from pts_hf.config import help_field
+from pts_hf.ops.budget import ErrorCurve, diagonal_saliency, error_curve, obs_saliency, solve_budget
+from pts_hf.ops.obs import sparsegpt_prune
+from pts_hf.ops.wanda import wanda_keep_mask
+from pts_hf.pipeline import LayerStats, Unit, run_pipeline
+from pts_hf.pipeline.reconstruct import reconstruct_block
+from pts_hf.pipeline.sequential import ReconstructFn
+from pts_hf.sparsifiers.layerwise import _DTYPES, LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
+from pts_hf.targets import Target
+
+__all__ = ["FCPTSBlockConfig", "FCPTSBlockSparsifier"]
+
+_BUDGETS = ("obs", "diagonal", "none")
+_PRUNERS = ("sparsegpt", "wanda")
+_TRAIN = ("all", "weights")
+
+
+@dataclass
+class FCPTSBlockConfig(LayerwiseConfig):
+    method: ClassVar[str] = "fcpts-block"
+
+    allocation: str = help_field(
+        "uniform", "Allocation used with budget='none' (and by step() outside calibration): uniform, erk, lamp, "
+        "l2norm, owl.")
+    budget: str | None = help_field(
+        None, "How the global target is split across layers: 'obs' (error curves from OBS saliencies, one shared "
+        "price per zero), 'diagonal' (curves from w²·E[x²]), 'none' (use `allocation`). None = 'obs', or 'none' "
+        "under N:M.")
+    max_layer_sparsity: float = help_field(0.98, "No layer is pruned beyond this fraction by the budget.")
+    pruner: str = help_field("sparsegpt", "One-shot step per block: 'sparsegpt' (OBS masks and weight update) or "
+                                          "'wanda' (|W|·‖x‖ masks, no update).")
+    recon_steps: int = help_field(64, "Adam steps of block-local reconstruction per block (one calibration batch "
+                                      "each; 0 = one-shot only).")
+    recon_lr: float = help_field(1e-4, "Adam learning rate of the block reconstruction (cosine-decayed).")
+    recon_train: str = help_field("all", "Parameters reconstruction trains: 'all' floating parameters of the "
+                                         "block (weights, biases, norms) or only the pruned 'weights'.")
+    blocksize: int = help_field(128, "SparseGPT: columns pruned and updated together.")
+    dampening: float = help_field(0.01, "SparseGPT / OBS saliency: Hessian dampening (fraction of mean diagonal).")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.budget is None:
+            self.budget = "none" if self.nm is not None else "obs"
+        if self.budget not in _BUDGETS:
+            raise ValueError(f"budget must be one of {list(_BUDGETS)}, got {self.budget!r}")
+        if self.nm is not None and self.budget != "none":
+            raise ValueError(f"budget {self.budget!r} does not apply to N:M masks (every layer is "
+                             f"{self.sparsity:.4g} sparse); leave budget out")
+        default_alloc = type(self).__dataclass_fields__["allocation"].default
+        if self.budget != "none" and self.allocation != default_alloc:
+            raise ValueError(f"allocation {self.allocation!r} is only used with budget='none'; budget "
+                             f"{self.budget!r} learns the allocation (pass one or the other)")
+        if not 0.0 < self.max_layer_sparsity <= 1.0:
+            raise ValueError(f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity!r}")
+        if self.budget != "none" and self.sparsity > self.max_layer_sparsity:
+            raise ValueError(f"sparsity {self.sparsity} cannot be reached with no layer above max_layer_sparsity="
+                             f"{self.max_layer_sparsity}; raise max_layer_sparsity")
+        if self.pruner not in _PRUNERS:
+            raise ValueError(f"pruner must be one of {list(_PRUNERS)}, got {self.pruner!r}")
+        if self.recon_train not in _TRAIN:
+            raise ValueError(f"recon_train must be one of {list(_TRAIN)}, got {self.recon_train!r}")
+        if not isinstance(self.recon_steps, int) or isinstance(self.recon_steps, bool) or self.recon_steps < 0:
+            raise ValueError(f"recon_steps must be a non-negative integer, got {self.recon_steps!r}")
+        if not self.recon_lr > 0:
+            raise ValueError(f"recon_lr must be > 0, got {self.recon_lr!r}")
+        if not isinstance(self.blocksize, int) or isinstance(self.blocksize, bool) or self.blocksize < 1:
+            raise ValueError(f"blocksize must be a positive integer, got {self.blocksize!r}")
+        if not self.dampening > 0:
+            raise ValueError(f"dampening must be > 0, got {self.dampening!r}")
+
+
+class FCPTSBlockSparsifier(LayerwiseSparsifier):
+    """Block-wise FCPTS: global learned budget, one-shot pruning, block-local reconstruction to the dense model."""
+
+    method: ClassVar[str] = "fcpts-block"
+    config_class: ClassVar[type[FCPTSBlockConfig]] = FCPTSBlockConfig
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.budget_levels: dict[str, float] = {}
+        self.reconstruction: dict[str, dict[str, float]] = {}
+
+    @property
+    def statistics(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"hessian"}) if self.options.pruner == "sparsegpt" else frozenset({"sq_sum"})
+
+    # --- 1. budget --------------------------------------------------------------------------------------------
+    def plan_counts(self, model: nn.Module, data: Any) -> None:
+        o = self.options
+        self.budget_levels, self.reconstruction = {}, {}
+        if o.budget == "none":
+            return
+        curves: dict[str, ErrorCurve] = {}
+        kind = "hessian" if o.budget == "obs" else "sq_sum"
+
+        def survey(targets: list[Target], stats: dict[str, LayerStats]) -> None:
+            for t in targets:
+                curves[t.tensor_fqn] = self._curve(t, stats[t.tensor_fqn])
+
+        run_pipeline(model, self.group_targets(), data, frozenset({kind}), survey, sequential=False,
+                     device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
+                     on_unused=lambda unused: None)
+        missing = [g["tensor_fqn"] for g in self.groups if g["tensor_fqn"] not in curves]
+        if len(missing) == len(self.groups):
+            raise ValueError("no calibration input reaches any targeted layer; check the data or the targets")
+        numels = [g["numel"] for g in self.groups]
+        ordered = [curves.get(g["tensor_fqn"], ErrorCurve([0], [0.0])) for g in self.groups]  # unreached: dense
+        counts = solve_budget(ordered, round(o.sparsity * sum(numels)))
+        for g, k, n in zip(self.groups, counts, numels):
+            g["sparsity_level"] = k / n
+            self.budget_levels[g["tensor_fqn"]] = k / n
+
+    def _curve(self, t: Target, stats: LayerStats) -> ErrorCurve:
+        o = self.options
+        group = next(g for g in self.groups if g["tensor_fqn"] == t.tensor_fqn)
+        w = self.layout_of(group).to_gemm(self.original_of(group).detach()).double()
+        if o.budget == "obs":
+            h = stats.hessian.to(w.device).double()
+            sal = obs_saliency(w, h, o.dampening)
+            energy = float(torch.einsum("grc,gcd,grd->", w, h, w))
+        else:
+            sq = (stats.sq_sum / max(stats.samples, 1)).to(w.device)
+            sal = diagonal_saliency(w, sq)
+            energy = float(sal.sum())
+        return error_curve(sal, energy, cap=o.max_layer_sparsity)
+
+    def _rebalance(self, unused: list[Target]) -> None:
+        if self.options.budget == "none":
+            super()._rebalance(unused)  # the budget already gave unreached layers no zeros
+
+    # --- 2. prune -----------------------------------------------------------------------------------------------
+    def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
+                     nm: tuple[int, int] | None) -> PrunedLayer:
+        o = self.options
+        if o.pruner == "sparsegpt" and stats is not None and stats.hessian is not None:
+            w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
+                                      o.blocksize, o.dampening)
+            return PrunedLayer(w, keep)
+        sq = None if stats is None or stats.sq_sum is None else stats.sq_sum
+        keep = wanda_keep_mask(weight, sq, n_zero, nm)
+        return PrunedLayer(weight * keep, keep)
+
+    # --- 3. reconstruct -----------------------------------------------------------------------------------------
+    def block_reconstruction(self) -> ReconstructFn | None:
+        o = self.options
+        if o.recon_steps == 0:
+            return None
+
+        def reconstruct(unit: Unit, calls: list[Any], targets: list[torch.Tensor],
+                        masks: list[torch.Tensor | None]) -> None:
+            gen = torch.Generator().manual_seed(o.seed + len(self.reconstruction))
+            res = reconstruct_block(unit.module, calls, targets, masks, steps=o.recon_steps, lr=o.recon_lr,
+                                    train=o.recon_train, generator=gen)
+            self.reconstruction[unit.name] = {"before": res.before, "after": res.after}
+
+        return reconstruct
+
+    def calibration_details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"block_reconstruction": dict(self.reconstruction)}
+        if self.budget_levels:
+            out["budget_levels"] = dict(self.budget_levels)
+        return out
