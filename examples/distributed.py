@@ -19,7 +19,7 @@ import pts_hf
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--method", default="fcpts", choices=["fcpts", "unipts", "sparsegpt", "wanda", "pot"])
+    p.add_argument("--method", default="fcpts", choices=["fcpts", "unipts", "sparsegpt", "wanda", "pot", "fcpts-block"])
     p.add_argument("--steps", type=int, default=6)
     args = p.parse_args()
     acc = Accelerator(cpu=not torch.cuda.is_available())

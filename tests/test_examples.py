@@ -42,7 +42,7 @@ def test_minilm_walkthrough(tmp_path):
     assert 0 < out["cosine"] <= 1
 
 
-@pytest.mark.parametrize("method", ["fcpts", "sparsegpt"])
+@pytest.mark.parametrize("method", ["fcpts", "sparsegpt", "fcpts-block"])
 def test_two_processes_end_with_identical_exact_weights(method):
     import subprocess
 
