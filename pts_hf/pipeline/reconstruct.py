@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BlockReconstruction", "reconstruct_block"]
+__all__ = ["BlockReconstruction", "block_error", "reconstruct_block"]
 
 
 @dataclass
@@ -69,6 +69,14 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def block_error(block: nn.Module, calls: Sequence[Any], targets: Sequence[torch.Tensor],
+                masks: Sequence[torch.Tensor | None]) -> float:
+    """Relative squared error of ``block``'s outputs against ``targets`` over the given batches (real tokens;
+    summed over processes)."""
+    device = targets[0].device if targets else torch.device("cpu")
+    return _relative_loss(block, calls, targets, masks, device)
+
+
 def _relative_loss(block: nn.Module, calls: Sequence[Any], targets: Sequence[torch.Tensor],
                    masks: Sequence[torch.Tensor | None], device: torch.device) -> float:
     num = den = 0.0
@@ -90,13 +98,17 @@ def reconstruct_block(
     lr: float,
     train: str = "all",
     generator: torch.Generator | None = None,
+    eval_batches: int = 2,
 ) -> BlockReconstruction:
     """Train ``block``'s floating parameters (``train='all'``) or only its pruned layers' weights
     (``train='weights'``, the parametrizations' ``original`` tensors) for ``steps`` Adam steps with a cosine
-    learning rate, one calibration batch per step (``calls[b].args / .kwargs`` → ``targets[b]``)."""
+    learning rate, one calibration batch per step (``calls[b].args / .kwargs`` → ``targets[b]``). The relative
+    error before and after is measured on the first ``eval_batches`` batches; when training did not lower it the
+    block's parameters are restored."""
     params = _trainable(block, train)
     device = targets[0].device if targets else torch.device("cpu")
-    before = _relative_loss(block, calls, targets, masks, device)
+    probe = slice(0, eval_batches)  # the before / after check runs on a few batches: it costs forwards
+    before = _relative_loss(block, calls[probe], targets[probe], masks[probe], device)
     if steps <= 0 or not params:
         return BlockReconstruction(before, before)
     flags = {p: p.requires_grad for p in block.parameters()}
@@ -128,7 +140,7 @@ def reconstruct_block(
         for p, flag in flags.items():
             p.requires_grad_(flag)
             p.grad = None
-    after = _relative_loss(block, calls, targets, masks, device)
+    after = _relative_loss(block, calls[probe], targets[probe], masks[probe], device)
     if not after < before:  # training did not help (lr too high for this block): keep the one-shot weights
         with torch.no_grad():
             for p, old in zip(params, saved):

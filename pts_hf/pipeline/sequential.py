@@ -115,9 +115,9 @@ class _Pipeline:
     def __init__(self, model: nn.Module, targets: list[Target], batches: list[Any], statistics: frozenset[str],
                  process: ProcessFn, sequential: bool, device: torch.device | None, stats_dtype: torch.dtype,
                  progress: bool, on_unused: Callable[[list[Target]], None] | None,
-                 reconstruct: ReconstructFn | None = None):
+                 reconstruct: ReconstructFn | None = None, reconstruct_to: str = "dense"):
         self.model, self.targets, self.batches = model, targets, batches
-        self.reconstruct = reconstruct
+        self.reconstruct, self.reconstruct_to = reconstruct, reconstruct_to
         self.statistics, self.process, self.sequential = statistics, process, sequential
         self.device, self.stats_dtype, self.progress, self.on_unused = device, stats_dtype, progress, on_unused
         self.units, source = find_units(model, targets)
@@ -318,7 +318,8 @@ class _Pipeline:
         bar = _progress(sum(len(r) for _, r in runs), self.progress)
         dense_inputs: dict[int, list[_Call]] = {}
         teacher_inputs: dict[int, list[_Call]] = {}
-        if self.reconstruct is not None and self.sequential:  # the dense model's inputs of every chain, up front
+        if self.reconstruct is not None and self.sequential and self.reconstruct_to == "dense":
+            # the dense model's inputs of every chain, up front
             for kind, run in runs:
                 if kind == "chain":
                     teacher_inputs[id(run[0])] = self.capture(run[0])
@@ -374,6 +375,7 @@ def run_pipeline(
     progress: bool = True,
     on_unused: Callable[[list[Target]], None] | None = None,
     reconstruct: ReconstructFn | None = None,
+    reconstruct_to: str = "dense",
 ) -> PipelineReport:
     """Calibrate ``targets`` of ``model`` unit by unit on ``data`` (an iterable of batches).
 
@@ -386,7 +388,11 @@ def run_pipeline(
     ``reconstruct(unit, inputs, dense_outputs, token_masks)``, when given, is called after ``process`` for every
     unit of a chained run: the dense model's activations are carried beside the pruned ones, and
     ``dense_outputs`` are what the unit output, still dense, on them (block-local reconstruction targets).
+    ``reconstruct_to='local'`` uses the unit's dense outputs on its own (pruned-model) inputs instead: no dense
+    activations are carried, at the price of not correcting the earlier blocks' error.
     """
+    if reconstruct_to not in ("dense", "local"):
+        raise ValueError(f"reconstruct_to must be 'dense' or 'local', got {reconstruct_to!r}")
     batches = _shard(list(data))
     if not batches:
         raise ValueError("calibration data is empty")
@@ -395,7 +401,7 @@ def run_pipeline(
     try:
         pipe = _Pipeline(model, targets, batches, frozenset(statistics), process, sequential,
                          None if device is None else torch.device(device), stats_dtype, progress, on_unused,
-                         reconstruct)
+                         reconstruct, reconstruct_to)
         report = pipe.run()
     finally:
         for m, mode in modes.items():

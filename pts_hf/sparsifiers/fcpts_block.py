@@ -28,14 +28,14 @@ from pts_hf.ops.budget import ErrorCurve, diagonal_saliency, error_curve, obs_sa
 from pts_hf.ops.obs import sparsegpt_prune
 from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats, Unit, run_pipeline
-from pts_hf.pipeline.reconstruct import reconstruct_block
+from pts_hf.pipeline.reconstruct import block_error, reconstruct_block
 from pts_hf.pipeline.sequential import ReconstructFn
 from pts_hf.sparsifiers.layerwise import _DTYPES, LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 from pts_hf.targets import Target
 
 __all__ = ["FCPTSBlockConfig", "FCPTSBlockSparsifier"]
 
-_BUDGETS = ("obs", "diagonal", "none")
+_BUDGETS = ("block", "obs", "diagonal", "none")
 _PRUNERS = ("sparsegpt", "wanda")
 _TRAIN = ("all", "weights")
 
@@ -48,15 +48,25 @@ class FCPTSBlockConfig(LayerwiseConfig):
         "uniform", "Allocation used with budget='none' (and by step() outside calibration): uniform, erk, lamp, "
         "l2norm, owl.")
     budget: str | None = help_field(
-        None, "How the global target is split across layers: 'obs' (error curves from OBS saliencies, one shared "
-        "price per zero), 'diagonal' (curves from w²·E[x²]), 'none' (use `allocation`). None = 'obs', or 'none' "
-        "under N:M.")
+        None, "How the global target is split across layers, from per-layer error curves and one shared price per "
+        "zero: 'block' (each layer pruned alone at survey_levels, error of its block's output measured), 'obs' "
+        "(layer output error from OBS saliencies), 'diagonal' (from w²·E[x²]), 'none' (use `allocation`). "
+        "None = 'block', or 'none' under N:M.")
+    survey_levels: tuple[float, ...] | None = help_field(
+        None, "budget='block': sparsity levels at which each layer's block error is measured (the curve is "
+        "interpolated between them; capped at max_layer_sparsity). None = s/2, 0.8·s, s, s+(1−s)/3, s+2(1−s)/3 "
+        "around the target s.")
+    survey_batches: int = help_field(1, "budget='block': calibration batches (per process) the survey runs on.")
     max_layer_sparsity: float = help_field(0.98, "No layer is pruned beyond this fraction by the budget.")
     pruner: str = help_field("sparsegpt", "One-shot step per block: 'sparsegpt' (OBS masks and weight update) or "
                                           "'wanda' (|W|·‖x‖ masks, no update).")
     recon_steps: int = help_field(64, "Adam steps of block-local reconstruction per block (one calibration batch "
                                       "each; 0 = one-shot only).")
     recon_lr: float = help_field(1e-4, "Adam learning rate of the block reconstruction (cosine-decayed).")
+    recon_target: str = help_field(
+        "dense", "What a block learns to output: 'dense' (the dense model's activations there, carried beside the "
+        "pruned ones: also corrects earlier blocks' error) or 'local' (the dense block's output on the pruned "
+        "model's inputs: no extra forward or memory).")
     recon_train: str = help_field("all", "Parameters reconstruction trains: 'all' floating parameters of the "
                                          "block (weights, biases, norms) or only the pruned 'weights'.")
     blocksize: int = help_field(128, "SparseGPT: columns pruned and updated together.")
@@ -65,7 +75,7 @@ class FCPTSBlockConfig(LayerwiseConfig):
     def validate(self) -> None:
         super().validate()
         if self.budget is None:
-            self.budget = "none" if self.nm is not None else "obs"
+            self.budget = "none" if self.nm is not None else "block"
         if self.budget not in _BUDGETS:
             raise ValueError(f"budget must be one of {list(_BUDGETS)}, got {self.budget!r}")
         if self.nm is not None and self.budget != "none":
@@ -75,6 +85,15 @@ class FCPTSBlockConfig(LayerwiseConfig):
         if self.budget != "none" and self.allocation != default_alloc:
             raise ValueError(f"allocation {self.allocation!r} is only used with budget='none'; budget "
                              f"{self.budget!r} learns the allocation (pass one or the other)")
+        if self.survey_levels is None:
+            sp = self.sparsity
+            self.survey_levels = (sp / 2, 0.8 * sp, sp, sp + (1 - sp) / 3, sp + 2 * (1 - sp) / 3)
+        self.survey_levels = tuple(round(float(v), 6) for v in self.survey_levels)
+        if not self.survey_levels or not all(0.0 < v <= 1.0 for v in self.survey_levels):
+            raise ValueError(f"survey_levels must be sparsities in (0, 1], got {self.survey_levels!r}")
+        if not isinstance(self.survey_batches, int) or isinstance(self.survey_batches, bool) or \
+                self.survey_batches < 1:
+            raise ValueError(f"survey_batches must be a positive integer, got {self.survey_batches!r}")
         if not 0.0 < self.max_layer_sparsity <= 1.0:
             raise ValueError(f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity!r}")
         if self.budget != "none" and self.sparsity > self.max_layer_sparsity:
@@ -82,6 +101,8 @@ class FCPTSBlockConfig(LayerwiseConfig):
                              f"{self.max_layer_sparsity}; raise max_layer_sparsity")
         if self.pruner not in _PRUNERS:
             raise ValueError(f"pruner must be one of {list(_PRUNERS)}, got {self.pruner!r}")
+        if self.recon_target not in ("dense", "local"):
+            raise ValueError(f"recon_target must be 'dense' or 'local', got {self.recon_target!r}")
         if self.recon_train not in _TRAIN:
             raise ValueError(f"recon_train must be one of {list(_TRAIN)}, got {self.recon_train!r}")
         if not isinstance(self.recon_steps, int) or isinstance(self.recon_steps, bool) or self.recon_steps < 0:
@@ -116,24 +137,69 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
         if o.budget == "none":
             return
         curves: dict[str, ErrorCurve] = {}
-        kind = "hessian" if o.budget == "obs" else "sq_sum"
+        kind = {"obs": "hessian", "diagonal": "sq_sum", "block": "sq_sum"}[o.budget]
+        layer_stats: dict[str, LayerStats] = {}
 
         def survey(targets: list[Target], stats: dict[str, LayerStats]) -> None:
             for t in targets:
-                curves[t.tensor_fqn] = self._curve(t, stats[t.tensor_fqn])
+                if o.budget == "block":
+                    layer_stats[t.tensor_fqn] = stats[t.tensor_fqn]
+                else:
+                    curves[t.tensor_fqn] = self._curve(t, stats[t.tensor_fqn])
 
+        def measure(unit: Unit, calls: list[Any], targets: list[torch.Tensor],
+                    masks: list[torch.Tensor | None]) -> None:
+            n = min(o.survey_batches, len(calls))
+            for t in unit.targets:
+                curves[t.tensor_fqn] = self._block_curve(t, layer_stats.pop(t.tensor_fqn), unit.module,
+                                                         calls[:n], targets[:n], masks[:n])
+
+        if o.budget == "block":  # the survey needs a few batches only (per process)
+            world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
+                torch.distributed.is_initialized() else 1
+            data = list(data)[: o.survey_batches * world]
         run_pipeline(model, self.group_targets(), data, frozenset({kind}), survey, sequential=False,
                      device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
-                     on_unused=lambda unused: None)
-        missing = [g["tensor_fqn"] for g in self.groups if g["tensor_fqn"] not in curves]
-        if len(missing) == len(self.groups):
+                     on_unused=lambda unused: None, reconstruct=measure if o.budget == "block" else None)
+        reached = set(curves) | set(layer_stats)
+        if not reached:
             raise ValueError("no calibration input reaches any targeted layer; check the data or the targets")
         numels = [g["numel"] for g in self.groups]
-        ordered = [curves.get(g["tensor_fqn"], ErrorCurve([0], [0.0])) for g in self.groups]  # unreached: dense
-        counts = solve_budget(ordered, round(o.sparsity * sum(numels)))
-        for g, k, n in zip(self.groups, counts, numels):
-            g["sparsity_level"] = k / n
-            self.budget_levels[g["tensor_fqn"]] = k / n
+        total = round(o.sparsity * sum(numels))
+        # layers calibrated from full forwards (no block output to measure) keep the target level; unreached
+        # layers stay dense; the others share what is left
+        fixed = {g["tensor_fqn"]: round(o.sparsity * g["numel"]) for g in self.groups
+                 if g["tensor_fqn"] in layer_stats}
+        free = [g for g in self.groups if g["tensor_fqn"] in curves]
+        counts = solve_budget([curves[g["tensor_fqn"]] for g in free], total - sum(fixed.values()))
+        chosen = dict(fixed) | {g["tensor_fqn"]: k for g, k in zip(free, counts)}
+        for g in self.groups:
+            g["sparsity_level"] = chosen.get(g["tensor_fqn"], 0) / g["numel"]
+            self.budget_levels[g["tensor_fqn"]] = g["sparsity_level"]
+
+    @torch.no_grad()
+    def _block_curve(self, t: Target, stats: LayerStats, block: nn.Module, calls: list[Any],
+                     targets: list[torch.Tensor], masks: list[torch.Tensor | None]) -> ErrorCurve:
+        """Block-output error with only this layer pruned (Wanda masks) at each survey level."""
+        o = self.options
+        group = next(g for g in self.groups if g["tensor_fqn"] == t.tensor_fqn)
+        layout = self.layout_of(group)
+        w = layout.to_gemm(self.original_of(group).detach())
+        sq = stats.sq_sum.to(w.device) if stats.sq_sum is not None else None
+        param = self.parametrization_of(group)
+        counts, values = [0], [0.0]
+        levels = sorted({min(v, o.max_layer_sparsity) for v in o.survey_levels})
+        try:
+            for level in levels:
+                k = round(level * group["numel"])
+                if k <= counts[-1]:
+                    continue
+                param.mask.copy_(layout.from_gemm(wanda_keep_mask(w, sq, k, None)))
+                counts.append(k)
+                values.append(block_error(block, calls, targets, masks))
+        finally:
+            param.mask.fill_(True)
+        return ErrorCurve(counts, values)
 
     def _curve(self, t: Target, stats: LayerStats) -> ErrorCurve:
         o = self.options
@@ -179,6 +245,9 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
             self.reconstruction[unit.name] = {"before": res.before, "after": res.after}
 
         return reconstruct
+
+    def reconstruction_target(self) -> str:
+        return self.options.recon_target
 
     def calibration_details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"block_reconstruction": dict(self.reconstruction)}

@@ -136,6 +136,10 @@ class LayerwiseSparsifier(PTSSparsifier):
         """Trains each unit after it is pruned, towards the dense unit's outputs (None: one-shot methods)."""
         return None
 
+    def reconstruction_target(self) -> str:
+        """'dense': blocks learn the dense model's activations; 'local': their own dense outputs."""
+        return "dense"
+
     def calibration_details(self) -> dict[str, Any]:
         """Method-specific entries of the run's details."""
         return {}
@@ -156,7 +160,8 @@ class LayerwiseSparsifier(PTSSparsifier):
         o = self.options
         report = run_pipeline(model, targets, data, self.statistics, process, sequential=o.sequential,
                               device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
-                              on_unused=self._rebalance, reconstruct=self.block_reconstruction())
+                              on_unused=self._rebalance, reconstruct=self.block_reconstruction(),
+                              reconstruct_to=self.reconstruction_target())
         bn_batches = 0
         if o.bn_recalibration:
             bn_batches = recalibrate_batchnorm(model, data, device=model_device(model), seed=o.seed,
