@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BlockReconstruction", "block_error", "reconstruct_block"]
+__all__ = ["BlockReconstruction", "block_error", "micro_batches", "reconstruct_block"]
 
 
 @dataclass
@@ -47,6 +47,40 @@ def _masked_sq_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
         m = mask.to(out.device, torch.float32).reshape(*mask.shape, *([1] * (out.ndim - 2)))
         diff, ref = diff * m, ref * m
     return diff.sum(), ref.sum()
+
+
+def _batch_size(target: torch.Tensor) -> int:
+    return int(target.shape[0]) if target.ndim else 1
+
+
+def _slice(value: Any, rows: slice, size: int) -> Any:
+    """``value`` with every tensor whose first dimension is the batch (``size``) cut to ``rows``."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.ndim and value.shape[0] == size else value
+    if isinstance(value, tuple):
+        return tuple(_slice(v, rows, size) for v in value)
+    if isinstance(value, list):
+        return [_slice(v, rows, size) for v in value]
+    if isinstance(value, dict):
+        return {k: _slice(v, rows, size) for k, v in value.items()}
+    return value
+
+
+def micro_batches(calls: Sequence[Any], targets: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
+                  rows: int | None) -> tuple[list[Any], list[torch.Tensor], list[torch.Tensor | None]]:
+    """Cut each batch into pieces of at most ``rows`` samples (None: unchanged). Tensors whose first dimension is
+    the batch's are cut, others (shared position embeddings, scalars) passed as they are."""
+    if rows is None:
+        return list(calls), list(targets), list(masks)
+    out_c, out_t, out_m = [], [], []
+    for call, y, m in zip(calls, targets, masks):
+        size = _batch_size(y)
+        for start in range(0, size, rows):
+            r = slice(start, min(start + rows, size))
+            out_c.append(type(call)(_slice(call.args, r, size), _slice(call.kwargs, r, size)))
+            out_t.append(y[r])
+            out_m.append(None if m is None else m[r])
+    return out_c, out_t, out_m
 
 
 def _all_reduce_grads(params: Sequence[nn.Parameter]) -> None:

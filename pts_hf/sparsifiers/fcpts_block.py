@@ -28,7 +28,7 @@ from pts_hf.ops.budget import ErrorCurve, diagonal_saliency, error_curve, obs_sa
 from pts_hf.ops.obs import sparsegpt_prune
 from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats, Unit, run_pipeline
-from pts_hf.pipeline.reconstruct import block_error, reconstruct_block
+from pts_hf.pipeline.reconstruct import block_error, micro_batches, reconstruct_block
 from pts_hf.pipeline.sequential import ReconstructFn
 from pts_hf.sparsifiers.layerwise import _DTYPES, LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 from pts_hf.targets import Target
@@ -57,12 +57,16 @@ class FCPTSBlockConfig(LayerwiseConfig):
         "interpolated between them; capped at max_layer_sparsity). None = s/2, 0.8·s, s, s+(1−s)/3, s+2(1−s)/3 "
         "around the target s.")
     survey_batches: int = help_field(1, "budget='block': calibration batches (per process) the survey runs on.")
+    survey_rows: int | None = help_field(8, "budget='block': samples of that batch the block errors are measured "
+                                            "on (None = all).")
     max_layer_sparsity: float = help_field(0.98, "No layer is pruned beyond this fraction by the budget.")
     pruner: str = help_field("sparsegpt", "One-shot step per block: 'sparsegpt' (OBS masks and weight update) or "
                                           "'wanda' (|W|·‖x‖ masks, no update).")
-    recon_steps: int = help_field(64, "Adam steps of block-local reconstruction per block (one calibration batch "
-                                      "each; 0 = one-shot only).")
-    recon_lr: float = help_field(1e-4, "Adam learning rate of the block reconstruction (cosine-decayed).")
+    recon_steps: int = help_field(32, "Adam steps of block-local reconstruction per block (one piece of recon_rows "
+                                      "samples each; 0 = one-shot only).")
+    recon_rows: int | None = help_field(8, "Samples per reconstruction step (calibration batches are cut into "
+                                           "pieces of this size; None = whole batches).")
+    recon_lr: float = help_field(1e-3, "Adam learning rate of the block reconstruction (cosine-decayed).")
     recon_target: str = help_field(
         "dense", "What a block learns to output: 'dense' (the dense model's activations there, carried beside the "
         "pruned ones: also corrects earlier blocks' error) or 'local' (the dense block's output on the pruned "
@@ -107,6 +111,10 @@ class FCPTSBlockConfig(LayerwiseConfig):
             raise ValueError(f"recon_train must be one of {list(_TRAIN)}, got {self.recon_train!r}")
         if not isinstance(self.recon_steps, int) or isinstance(self.recon_steps, bool) or self.recon_steps < 0:
             raise ValueError(f"recon_steps must be a non-negative integer, got {self.recon_steps!r}")
+        for name in ("survey_rows", "recon_rows"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
         if not self.recon_lr > 0:
             raise ValueError(f"recon_lr must be > 0, got {self.recon_lr!r}")
         if not isinstance(self.blocksize, int) or isinstance(self.blocksize, bool) or self.blocksize < 1:
@@ -149,10 +157,12 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
 
         def measure(unit: Unit, calls: list[Any], targets: list[torch.Tensor],
                     masks: list[torch.Tensor | None]) -> None:
-            n = min(o.survey_batches, len(calls))
+            calls, targets, masks = micro_batches(calls, targets, masks, o.survey_rows)
+            n = min(o.survey_batches, len(calls))  # survey_batches pieces of survey_rows samples
+            calls, targets, masks = calls[:n], targets[:n], masks[:n]
             for t in unit.targets:
                 curves[t.tensor_fqn] = self._block_curve(t, layer_stats.pop(t.tensor_fqn), unit.module,
-                                                         calls[:n], targets[:n], masks[:n])
+                                                         calls, targets, masks)
 
         if o.budget == "block":  # the survey needs a few batches only (per process)
             world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
@@ -240,6 +250,7 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
         def reconstruct(unit: Unit, calls: list[Any], targets: list[torch.Tensor],
                         masks: list[torch.Tensor | None]) -> None:
             gen = torch.Generator().manual_seed(o.seed + len(self.reconstruction))
+            calls, targets, masks = micro_batches(calls, targets, masks, o.recon_rows)
             res = reconstruct_block(unit.module, calls, targets, masks, steps=o.recon_steps, lr=o.recon_lr,
                                     train=o.recon_train, generator=gen)
             self.reconstruction[unit.name] = {"before": res.before, "after": res.after}
