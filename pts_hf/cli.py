@@ -371,7 +371,7 @@ def _remove_checkpoint(d: Path) -> None:
 
 
 def _measured_sparsity(model: Any) -> float:
-    from pts_hf.api import measure_sparsity
+    from pts_hf.targets import measure_sparsity
     from pts_hf.targets import discover_targets
 
     return measure_sparsity(discover_targets(model))[1]
