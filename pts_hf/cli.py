@@ -67,6 +67,7 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pts_hf.checkpoint.formats import FORMATS
     from pts_hf.sparsifiers import SPARSIFIERS
 
     parser = argparse.ArgumentParser(prog="pts-hf", description="Post-training sparsity for PyTorch / HF models.")
@@ -95,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed for sampling and training")
     sp.add_argument("--eval", action="store_true", help="report dense and sparse top-1 on the test split")
     sp.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
-    sp.add_argument("--output", type=Path, help="write model weights, report.json and allocation.png here")
+    sp.add_argument("--output", type=Path, help="write model weights, sparsity_config.json, report.json and "
+                                                "allocation.png here")
+    sp.add_argument("--format", default="dense", choices=sorted(FORMATS),
+                    help="on-disk format of the weights: 'dense' (zeros in place; plain from_pretrained / "
+                         "load_state_dict read it) or 'bitmask' (compressed; pts_hf.load_sparse reads it)")
     sp.add_argument("--overwrite", action="store_true",
                     help="write into a non-empty --output folder: the files pts-hf writes (and those an earlier "
                          "pts-hf run listed in its report.json) are replaced, every other file is kept")
@@ -189,15 +194,14 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
     print(f"pts-hf: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
-def _save_model(loaded: Any, model: Any, folder: Path) -> None:
-    if loaded.kind == "hf":
-        model.save_pretrained(folder)
-        return
-    from safetensors.torch import save_file
+def _save_model(loaded: Any, result: Any, folder: Path, fmt: str) -> None:
+    """The weights in ``fmt`` and the sidecar, through the one checkpoint writer; a bundled / timm model also gets
+    ``pts_model.json`` naming its architecture, so ``load_sparse`` and ``--model OUTPUT`` rebuild it."""
+    from pts_hf.checkpoint import write_checkpoint
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
+    write_checkpoint(result.model, folder, fmt, record=result.record)
+    if loaded.kind != "hf":
+        (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
 
 
 def _previous_files(out: Path) -> set[str]:
@@ -209,22 +213,22 @@ def _previous_files(out: Path) -> set[str]:
         return set()
 
 
-def _write_to(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> None:
+def _write_to(loaded: Any, result: Any, report: dict[str, Any], out: Path, fmt: str) -> None:
     from pts_hf.checkpoint.output import staged_output
     from pts_hf.report import plot_allocation, write_json_atomic
 
     with staged_output(out, replace_names=_previous_files(out)) as tmp:
-        _save_model(loaded, model, tmp)
+        _save_model(loaded, result, tmp, fmt)
         plot_allocation(report, tmp / "allocation.png")
         report = {**report, "files": sorted([f.name for f in tmp.iterdir() if f.is_file()] + ["report.json"])}
         write_json_atomic(tmp / "report.json", report)
 
 
-def _write_output(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> Path:
+def _write_output(loaded: Any, result: Any, report: dict[str, Any], out: Path, fmt: str) -> Path:
     """Write the result to ``out``; if that fails, ``out`` keeps what it held, and the result (still in memory)
     goes to a folder the user types (on a terminal) or to a new folder in the system temporary directory."""
     try:
-        _write_to(loaded, model, report, out)
+        _write_to(loaded, result, report, out, fmt)
         return out
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
@@ -235,14 +239,14 @@ def _write_output(loaded: Any, model: Any, report: dict[str, Any], out: Path) ->
             raise CLIError(f"could not write {out}/ ({reason}); result discarded", code=1)
         try:
             _check_output(Path(answer.strip()), overwrite=False)
-            _write_to(loaded, model, report, Path(answer.strip()))
+            _write_to(loaded, result, report, Path(answer.strip()), fmt)
             return Path(answer.strip())
         except Exception as e2:  # CLIError included
             print(f"pts-hf: could not write there either: {e2}", file=sys.stderr, flush=True)
     try:
         rescue = Path(tempfile.mkdtemp(prefix="pts-hf-rescue-"))
         rescue.rmdir()  # staged_output creates it again and removes it if the write fails
-        _write_to(loaded, model, report, rescue)
+        _write_to(loaded, result, report, rescue, fmt)
     except Exception as e2:
         raise CLIError(f"could not write {out}/ ({reason}) nor a rescue copy ({type(e2).__name__}: {e2}); "
                        "nothing was written", code=1) from e2
@@ -321,7 +325,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         print(f"dense top-1 {extra['dense_top1']:.2f}%  ->  sparse top-1 {extra['sparse_top1']:.2f}% at "
               f"{result.global_sparsity:.4f} sparsity ({result.seconds:.0f} s)")
     if args.output is not None:
-        out = _write_output(loaded, result.model, report, args.output)
+        out = _write_output(loaded, result, report, args.output, args.format)
         print(f"wrote {out}/ (weights, report.json, allocation.png)")
     _remove_checkpoint(checkpoint_dir)
     return 0
@@ -371,8 +375,7 @@ def _remove_checkpoint(d: Path) -> None:
 
 
 def _measured_sparsity(model: Any) -> float:
-    from pts_hf.targets import measure_sparsity
-    from pts_hf.targets import discover_targets
+    from pts_hf.targets import discover_targets, measure_sparsity
 
     return measure_sparsity(discover_targets(model))[1]
 

@@ -84,7 +84,10 @@ class DynamicMask(FixedMask):
 
 
 class ThresholdMask(PTSParametrization):
-    """FCPTS mask ``|W| / scale > t`` with one learnable threshold ``t`` in normalised units.
+    """FCPTS mask ``|W| / scale > t`` with one learnable threshold ``t = theta · gain`` in normalised units.
+
+    ``theta`` is the learnable parameter and :meth:`value` the threshold; read and write the threshold only
+    through :meth:`value` / :meth:`set_value`.
 
     ``scale`` is the layer's RMS at preparation, so thresholds of layers whose weights differ by 100× live on
     one scale and share one learning rate and one KDE bandwidth.
@@ -117,7 +120,7 @@ class ThresholdMask(PTSParametrization):
         # t = threshold · gain: a gain > 1 gives the threshold a larger effective learning rate inside an optimizer
         # shared with the weights (the Trainer callback); 1 everywhere else.
         self.register_buffer("gain", torch.ones((), dtype=torch.float32, device=weight.device))
-        self.threshold = nn.Parameter(torch.tensor(float(threshold), dtype=torch.float32, device=weight.device))
+        self.theta = nn.Parameter(torch.tensor(float(threshold), dtype=torch.float32, device=weight.device))
         n = w.numel()
         idx = torch.randperm(n, generator=generator)[: min(kde_samples, n)] if kde_samples < n else torch.arange(n)
         self.register_buffer("kde_index", idx.to(weight.device))
@@ -128,11 +131,11 @@ class ThresholdMask(PTSParametrization):
 
     def value(self) -> torch.Tensor:
         """The threshold t in normalised units (differentiable)."""
-        return self.threshold * self.gain
+        return self.theta * self.gain
 
     @torch.no_grad()
     def set_value(self, t: float) -> None:
-        self.threshold.fill_(float(t) / float(self.gain))
+        self.theta.fill_(float(t) / float(self.gain))
 
     @torch.no_grad()
     def set_gain(self, gain: float) -> None:
@@ -158,7 +161,7 @@ class ThresholdMask(PTSParametrization):
         z = self.normalised(weight).abs()
         t = self.value()
         hard = (z > t.detach()).to(weight.dtype)
-        if self.ste and torch.is_grad_enabled() and self.threshold.requires_grad:
+        if self.ste and torch.is_grad_enabled() and self.theta.requires_grad:
             soft = torch.sigmoid((z - t) / self.ste_width).to(weight.dtype)
             return weight * (hard + (soft - soft.detach()))
         return weight * hard
@@ -175,7 +178,7 @@ class ThresholdMask(PTSParametrization):
         return float(self.normalised(weight).abs().max()) * (1.0 - 1e-6)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        state = {"threshold": self.threshold.detach().clone(), "gain": self.gain.clone(), "scale": self.scale.clone()}
+        state = {"theta": self.theta.detach().clone(), "gain": self.gain.clone(), "scale": self.scale.clone()}
         if self.frozen_mask is not None:
             state["frozen_mask"] = self.frozen_mask.clone()
         return state

@@ -29,8 +29,8 @@ from pts_hf.checkpoint.output import staged_output
 from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar, read_sidecar, validate_sidecar
 from pts_hf.record import RunRecord, measure_layers
 
-__all__ = ["BITMASK_QUANT_METHOD", "RECORD_ATTR", "finish_checkpoint", "fold_parametrizations", "load_sparse", "read_safetensors",
-           "record_of", "resolve_folder", "save_sparse", "write_checkpoint", "write_text_atomic"]
+__all__ = ["BITMASK_QUANT_METHOD", "RECORD_ATTR", "finish_checkpoint", "fold_parametrizations", "load_sparse",
+           "read_safetensors", "record_of", "resolve_folder", "save_sparse", "write_checkpoint", "write_text_atomic"]
 
 RECORD_ATTR = "pts_sparsity_record"  # the RunRecord a squashed / loaded model carries
 _INDEX = "model.safetensors.index.json"
@@ -126,26 +126,20 @@ def write_checkpoint(model: nn.Module, folder: Path, format: str = "dense", *, r
     (folder / SIDECAR_NAME).write_text(json.dumps(make_sidecar(fmt.name, record, metrics), indent=2) + "\n")
 
 
-def finish_checkpoint(folder: Path, record: RunRecord, format: str = "dense") -> None:
-    """Make a folder someone else saved (the Trainer's ``checkpoint-N``, ``save_pretrained`` of a model still
-    in training) a pts_hf checkpoint: live-mask weights folded, files in ``format``, the sidecar written."""
-    fold_parametrizations(folder)
+def finish_checkpoint(folder: Path, record: RunRecord, format: str = "dense",
+                      masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Make a folder someone else saved (the Trainer's ``checkpoint-N``, ``save_pretrained`` of a model in
+    training) a pts_hf checkpoint: weights saved with live masks folded with ``masks`` (the sparsifier's
+    :meth:`~pts_hf.sparsifiers.base.PTSSparsifier.current_masks`), files in ``format``, the sidecar written."""
+    fold_parametrizations(folder, masks or {})
     _encode_folder(folder, get_format(format))
     write_text_atomic(folder / SIDECAR_NAME, json.dumps(make_sidecar(format, record), indent=2) + "\n")
 
 
-def _mask_from_saved(tensors: dict[str, torch.Tensor], prefix: str, tensor: str, weight: torch.Tensor) -> torch.Tensor:
-    p = f"{prefix}.parametrizations.{tensor}.0."
-    for key in ("frozen_mask", "mask"):
-        if p + key in tensors:
-            return tensors[p + key].bool()
-    scale, threshold, gain = tensors[p + "scale"], tensors[p + "threshold"], tensors.get(p + "gain", torch.ones(()))
-    return (weight.float() / scale.float()).abs() > float(threshold) * float(gain)  # ThresholdMask.value()
-
-
-def fold_parametrizations(folder: str | Path) -> int:
+def fold_parametrizations(folder: str | Path, masks: dict[str, torch.Tensor]) -> int:
     """Rewrite the safetensors files of a checkpoint saved while masks were live: ``X.parametrizations.weight
-    .original`` → ``X.weight`` (masked), other ``parametrizations`` entries dropped. Returns tensors rewritten."""
+    .original`` → ``X.weight`` (times ``masks["X.weight"]``), other ``parametrizations`` entries dropped. Returns
+    the number of tensors rewritten."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -157,8 +151,10 @@ def fold_parametrizations(folder: str | Path) -> int:
         for name, t in tensors.items():
             m = _ORIGINAL.match(name)
             if m:
-                mask = _mask_from_saved(tensors, m["prefix"], m["tensor"], t)
-                out[f"{m['prefix']}.{m['tensor']}"] = (t * mask.to(t.dtype)).contiguous()
+                fqn = f"{m['prefix']}.{m['tensor']}"
+                if fqn not in masks:
+                    raise ValueError(f"{f}: {name} was saved with a live mask, but no mask for {fqn} was given")
+                out[fqn] = (t * masks[fqn].to(device=t.device, dtype=t.dtype)).contiguous()
                 rewritten += 1
             elif ".parametrizations." not in name:
                 out[name] = t.contiguous()

@@ -1,4 +1,4 @@
-"""The bitmask format (every ≥2-D weight with ≤ 90% non-zeros is compressed): a sparse weight ``W`` is stored as three tensors
+"""The bitmask format: every ≥2-D weight ``W`` with ≤ 90% non-zeros is stored as three tensors
 
 * ``<name>``: its non-zero values, 1-D, in row-major order (same dtype). Its shape differs from ``W``'s, so a
   loader that does not know the format fails loudly (transformers: size mismatch) instead of silently
