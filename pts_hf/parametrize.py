@@ -11,7 +11,7 @@ from torch import nn
 
 from pts_hf.ops.kde import resolve_bandwidth, threshold_to_sparsity
 
-__all__ = ["DynamicMask", "FixedMask", "PTSParametrization", "ThresholdMask"]
+__all__ = ["DynamicMask", "FixedMask", "PTSParametrization", "ThresholdMask", "mask_from_saved"]
 
 
 class PTSParametrization(nn.Module):
@@ -49,6 +49,10 @@ class FixedMask(PTSParametrization):
 
     def current_mask(self, weight: torch.Tensor) -> torch.Tensor:
         return self.mask
+
+    @staticmethod
+    def saved_mask(state: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor | None:
+        return state["mask"].bool() if "mask" in state else None
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"mask": self.mask.clone()}
@@ -151,6 +155,16 @@ class ThresholdMask(PTSParametrization):
             return self.frozen_mask
         return self.normalised(weight).abs() > self.value().detach()
 
+    @staticmethod
+    def saved_mask(state: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`current_mask` from this parametrization's tensors as a model state dict saved them."""
+        if "frozen_mask" in state:
+            return state["frozen_mask"].bool()
+        if "theta" not in state:
+            return None
+        t = state["theta"].float() * state.get("gain", torch.ones(())).float()  # value()
+        return (weight.detach().float() / state["scale"].float()).abs() > t
+
     def freeze(self, mask: torch.Tensor | None) -> None:
         """Pin the mask (e.g. after the exact projection); ``None`` goes back to the threshold."""
         self.frozen_mask = None if mask is None else mask.detach().to(torch.bool)
@@ -182,3 +196,13 @@ class ThresholdMask(PTSParametrization):
         if self.frozen_mask is not None:
             state["frozen_mask"] = self.frozen_mask.clone()
         return state
+
+
+def mask_from_saved(state: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """The keep mask of a pts_hf parametrization from its tensors in a saved state dict (keys without the
+    ``....parametrizations.weight.0.`` prefix), e.g. a Trainer checkpoint written while masks were live."""
+    for cls in (ThresholdMask, FixedMask):
+        mask = cls.saved_mask(state, weight)
+        if mask is not None:
+            return mask
+    raise ValueError(f"no pts_hf mask among the saved parametrization tensors {sorted(state)}")

@@ -89,8 +89,8 @@ def test_interrupt_then_resume_is_bit_exact(method, at, how, tmp_path, monkeypat
     resumed = _run(method, Flaky(), resume_from=ckpt)
     assert len(calls) == OPTS[method]["steps"] - expected_step  # it continued, it did not start again
     _same_weights(ref.model, resumed.model)
-    assert len(resumed.details["history"]) == OPTS[method]["steps"]
-    assert resumed.details["history"] == ref.details["history"]
+    assert len(resumed.record.history) == OPTS[method]["steps"]
+    assert resumed.record.history == ref.record.history
 
 
 def test_interrupt_mid_update_falls_back_to_the_periodic_checkpoint(tmp_path, monkeypatch):

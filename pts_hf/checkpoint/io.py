@@ -126,21 +126,21 @@ def write_checkpoint(model: nn.Module, folder: Path, format: str = "dense", *, r
     (folder / SIDECAR_NAME).write_text(json.dumps(make_sidecar(fmt.name, record, metrics), indent=2) + "\n")
 
 
-def finish_checkpoint(folder: Path, record: RunRecord, format: str = "dense",
-                      masks: dict[str, torch.Tensor] | None = None) -> None:
+def finish_checkpoint(folder: Path, record: RunRecord, format: str = "dense") -> None:
     """Make a folder someone else saved (the Trainer's ``checkpoint-N``, ``save_pretrained`` of a model in
-    training) a pts_hf checkpoint: weights saved with live masks folded with ``masks`` (the sparsifier's
-    :meth:`~pts_hf.sparsifiers.base.PTSSparsifier.current_masks`), files in ``format``, the sidecar written."""
-    fold_parametrizations(folder, masks or {})
+    training) a pts_hf checkpoint: weights saved with live masks folded, files in ``format``, the sidecar."""
+    fold_parametrizations(folder)
     _encode_folder(folder, get_format(format))
     write_text_atomic(folder / SIDECAR_NAME, json.dumps(make_sidecar(format, record), indent=2) + "\n")
 
 
-def fold_parametrizations(folder: str | Path, masks: dict[str, torch.Tensor]) -> int:
+def fold_parametrizations(folder: str | Path) -> int:
     """Rewrite the safetensors files of a checkpoint saved while masks were live: ``X.parametrizations.weight
-    .original`` → ``X.weight`` (times ``masks["X.weight"]``), other ``parametrizations`` entries dropped. Returns
-    the number of tensors rewritten."""
+    .original`` → ``X.weight`` (masked as the parametrization saved beside it says), other ``parametrizations``
+    entries dropped. Works on the names as saved (transformers may rename on save). Returns tensors rewritten."""
     from safetensors.torch import save_file
+
+    from pts_hf.parametrize import mask_from_saved
 
     folder = Path(folder)
     rewritten = 0
@@ -151,10 +151,13 @@ def fold_parametrizations(folder: str | Path, masks: dict[str, torch.Tensor]) ->
         for name, t in tensors.items():
             m = _ORIGINAL.match(name)
             if m:
-                fqn = f"{m['prefix']}.{m['tensor']}"
-                if fqn not in masks:
-                    raise ValueError(f"{f}: {name} was saved with a live mask, but no mask for {fqn} was given")
-                out[fqn] = (t * masks[fqn].to(device=t.device, dtype=t.dtype)).contiguous()
+                prefix = f"{m['prefix']}.parametrizations.{m['tensor']}.0."
+                state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                try:
+                    mask = mask_from_saved(state, t)
+                except ValueError as e:
+                    raise ValueError(f"{f}: {name}: {e}") from e
+                out[f"{m['prefix']}.{m['tensor']}"] = (t * mask.to(t.dtype)).contiguous()
                 rewritten += 1
             elif ".parametrizations." not in name:
                 out[name] = t.contiguous()

@@ -105,7 +105,7 @@ class PTSCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and folder.is_dir():
             sp = self.sparsifier
-            finish_checkpoint(folder, sp.run_record(history=list(self.history)), self.format, sp.current_masks())
+            finish_checkpoint(folder, sp.run_record(history=list(self.history)), self.format)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:
