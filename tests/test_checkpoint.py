@@ -247,3 +247,28 @@ def test_import_pts_hf_installs_no_import_hook():
     out = _run("import sys; before = list(sys.meta_path); import pts_hf\n"
                "assert sys.meta_path == before, sys.meta_path\nassert 'transformers' not in sys.modules\nprint('OK')")
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_sidecar_names_the_layers_actually_sparsified_not_the_default_targets(tmp_path):
+    """save_sparse without record= used to re-discover the *default* targets: with targets= / ignore= the sidecar
+    then listed dense layers (the Linear here) as if they had been sparsified."""
+    from pts_hf import MagnitudeSparsifier
+
+    r = pts_hf.sparsify(small_cnn(), torch.randn(8, 3, 16, 16), sparsity=0.6, targets=["Conv2d"], ignore=["3"])
+    assert set(r.layer_sparsity) == {"0.weight", "6.weight"}
+    pts_hf.save_sparse(r.model, tmp_path / "api")  # no record=: the model carries what was done
+    side = json.loads((tmp_path / "api" / SIDECAR_NAME).read_text())
+    assert set(side["layers"]) == {"0.weight", "6.weight"}
+    assert side["method"] == "magnitude" and side["config"]["targets"] == ["Conv2d"]
+    assert side["global_sparsity"] == pytest.approx(r.global_sparsity)
+
+    model = small_cnn()  # the torch.ao-style path: squash_mask leaves the record on the model
+    sp = MagnitudeSparsifier(sparsity=0.5, ignore=["11"])
+    sp.prepare(model)
+    sp.step()
+    sp.squash_mask()
+    pts_hf.save_sparse(model, tmp_path / "ao", format="bitmask")
+    side = json.loads((tmp_path / "ao" / SIDECAR_NAME).read_text())
+    assert set(side["layers"]) == {"0.weight", "3.weight", "6.weight"} and side["format"] == "bitmask"
+    loaded = load_sparse(tmp_path / "ao", model=small_cnn())
+    assert _equal(model, loaded) and set(loaded.pts_sparsity_record.layers) == set(side["layers"])
