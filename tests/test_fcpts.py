@@ -9,8 +9,8 @@ from torch import nn
 import pts_hf
 from pts_hf import FCPTSSparsifier
 from pts_hf.calibration import recalibrate_batchnorm
-from pts_hf.ops.kde import gaussian_kde, silverman_bandwidth, threshold_to_sparsity
 from pts_hf.distillation import cosine_with_warmup, set_student_mode
+from pts_hf.ops.kde import gaussian_kde, silverman_bandwidth, threshold_to_sparsity
 from tests.tiny_models import TINY_MODELS, small_cnn
 
 X = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))

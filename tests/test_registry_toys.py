@@ -54,7 +54,8 @@ class ToySparsifier(PTSSparsifier):
     def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> MethodOutcome:
         self.step()
         out = MethodOutcome(extras={"toy_note": "centred" if self.method_config.centered else "plain"})
-        out.add_layer_values("toy_mean", {g["tensor_fqn"]: float(self.original_of(g).detach().mean()) for g in self.groups})
+        out.add_layer_values("toy_mean", {g["tensor_fqn"]: float(self.original_of(g).detach().mean())
+                                          for g in self.groups})
         return out
 
 

@@ -3,8 +3,7 @@ import json
 import pytest
 import torch
 
-from pts_hf.targets import measure_sparsity
-from pts_hf.targets import discover_targets
+from pts_hf.targets import discover_targets, measure_sparsity
 from tests.tiny_models import TINY_MODELS
 
 
