@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pts-hf output), or a timm model name (pretrained weights need internet)")
     sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
                                    "folder / Hub name with an image column")
-    sp.add_argument("--method", default="fcpts", choices=sorted(SPARSIFIERS), help="sparsification method")
+    sp.add_argument("--method", default=None, choices=sorted(SPARSIFIERS),
+                    help="sparsification method (default: fcpts, or the --config's)")
+    sp.add_argument("--config", type=Path, metavar="JSON",
+                    help="a method config to run: a recipe (integrations/recipes/), a sparsity_config.json or a "
+                         "report.json of an earlier run; other options given here override it")
     sp.add_argument("--sparsity", type=_sparsity, default=None,
                     help="global target sparsity in [0, 1) (default 0.9; (M-N)/M with --mask-structure N:M)")
     sp.add_argument("--allocation", default=None, help="(initial) per-layer allocation: uniform, erk, lamp, "
@@ -92,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib-samples", type=_positive, default=1024,
                     help="calibration images drawn (seeded) from the training split")
     sp.add_argument("--steps", type=_positive, help="optimisation steps (learned methods; default: the method's)")
-    sp.add_argument("--batch-size", type=_positive, default=64, help="calibration batch size")
-    sp.add_argument("--seed", type=int, default=0, help="seed for sampling and training")
+    sp.add_argument("--batch-size", type=_positive, default=None,
+                    help="calibration batch size (default 64, or the --config's)")
+    sp.add_argument("--seed", type=int, default=None, help="seed for sampling and training (default 0, or the "
+                                                           "--config's)")
     sp.add_argument("--eval", action="store_true", help="report dense and sparse top-1 on the test split")
     sp.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
     sp.add_argument("--output", type=Path, help="write model weights, sparsity_config.json, report.json and "
@@ -269,7 +275,8 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         args.model, args.data, args.eval = DEFAULT_MODEL, DEFAULT_DATA, True
     _check_output(args.output, args.overwrite)
     check_data_spec(args.data)
-    options = dict(args.option)
+    base = _config_options(args)
+    options = {**base, **dict(args.option)}
     if args.steps is not None:
         options["steps"] = args.steps
     if args.allocation is not None:
@@ -277,11 +284,12 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.mask_structure != "unstructured":
         options["mask_structure"] = args.mask_structure
     cls = pts_hf.get_sparsifier_class(args.method)
+    if args.sparsity is not None:
+        options["sparsity"] = args.sparsity
+    elif "sparsity" not in options and "mask_structure" not in options:
+        options["sparsity"] = 0.9
     try:  # every option checked before anything is loaded
-        checked = cls.config_class.from_options(
-            sparsity=0.9 if args.sparsity is None and "mask_structure" not in options else
-            (args.sparsity if args.sparsity is not None else cls.config_class.__dataclass_fields__["sparsity"].default),
-            seed=args.seed, batch_size=args.batch_size, **options)
+        checked = cls.config_class.from_options(**{**options, "seed": args.seed, "batch_size": args.batch_size})
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from e
     args.sparsity = checked.sparsity
@@ -307,10 +315,9 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
             extra["dense_top1"] = _top1(loaded.model, test, 256, progress)
     torch.manual_seed(args.seed)
     try:
-        result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
-                                 seed=args.seed, batch_size=args.batch_size,
-                                 progress=progress, checkpoint_dir=checkpoint_dir,
-                                 checkpoint_every=args.checkpoint_every, resume_from=args.resume, **options)
+        result = pts_hf.sparsify(loaded.model, images, config=checked, progress=progress,
+                                 checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                                 resume_from=args.resume)
     except ValueError as e:
         if args.resume is not None and ("checkpoint" in str(e) or "resume" in str(e)):
             raise CLIError(f"--resume {args.resume}: {e}") from e
@@ -329,6 +336,29 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         print(f"wrote {out}/ (weights, report.json, allocation.png)")
     _remove_checkpoint(checkpoint_dir)
     return 0
+
+
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``--config`` (empty without one); fills in the method, seed and batch size it sets unless the
+    command line gives them."""
+    base: dict[str, Any] = {}
+    if args.config is not None:
+        from pts_hf.config import SparsityConfig
+
+        try:
+            recipe = SparsityConfig.from_json(args.config)
+        except (OSError, ValueError, TypeError) as e:
+            raise CLIError(f"--config {args.config}: {e}") from e
+        if args.method is not None and args.method != recipe.method:
+            raise CLIError(f"--method {args.method} contradicts --config {args.config} (a {recipe.method} config)")
+        args.method = recipe.method
+        base = {k: v for k, v in recipe.to_dict().items() if k in type(recipe).field_names()}
+    args.method = args.method or "fcpts"
+    args.seed = base.pop("seed", 0) if args.seed is None else args.seed
+    args.batch_size = base.pop("batch_size", 64) if args.batch_size is None else args.batch_size
+    base.pop("seed", None)
+    base.pop("batch_size", None)
+    return base
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -58,8 +58,13 @@ def make_accelerator(config: DistillationConfig, accelerator: Any = None) -> Any
     if accelerator is None:
         from accelerate import Accelerator
 
-        return Accelerator(mixed_precision=config.mixed_precision,
-                           gradient_accumulation_steps=config.gradient_accumulation_steps)
+        # defaults are not passed, so `accelerate launch --mixed_precision ...` (its config) still applies
+        kwargs: dict[str, Any] = {}
+        if config.mixed_precision != "no":
+            kwargs["mixed_precision"] = config.mixed_precision
+        if config.gradient_accumulation_steps != 1:
+            kwargs["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+        return Accelerator(**kwargs)
     theirs = {"mixed_precision": str(getattr(accelerator, "mixed_precision", "no")),
               "gradient_accumulation_steps": int(getattr(accelerator, "gradient_accumulation_steps", 1))}
     defaults = {"mixed_precision": "no", "gradient_accumulation_steps": 1}
