@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pts_hf
+import pts_hf.distillation as distillation
 import pts_hf.sparsifiers.fcpts as fcpts_module
 import pts_hf.sparsifiers.unipts as unipts_module
 from pts_hf.resume import Interrupted, read_checkpoint
@@ -46,14 +47,13 @@ class Flaky:
 
 def _arm(monkeypatch, data: Flaky, after: int):
     """Interrupt ``after`` fetches into the distillation loop (whatever the search read before it)."""
-    for module in (fcpts_module, unipts_module):
-        real = module.run_distillation
+    real = distillation.run_distillation
 
-        def armed(*a, _real=real, **k):
-            data.fire_at = data.count + after + 1
-            return _real(*a, **k)
+    def armed(*a, **k):
+        data.fire_at = data.count + after + 1
+        return real(*a, **k)
 
-        monkeypatch.setattr(module, "run_distillation", armed)
+    monkeypatch.setattr(distillation, "run_distillation", armed)
 
 
 def _same_weights(a, b):
@@ -211,7 +211,7 @@ def test_interrupt_after_the_loop_points_at_its_last_checkpoint(tmp_path, monkey
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fcpts_module, "finish_batchnorm", ctrl_c)
+    monkeypatch.setattr(distillation, "finish_batchnorm", ctrl_c)
     with pytest.raises(Interrupted, match="the checkpoint of step 8") as e:
         _run("fcpts", Flaky(), checkpoint_dir=tmp_path)
     assert e.value.step == 8

@@ -65,20 +65,22 @@ def test_base_decayed_objective_matches_its_definition():
 def test_search_leaves_model_unchanged_and_is_deterministic():
     model = small_cnn()
     dense = copy.deepcopy(model.state_dict())
+    teacher = copy.deepcopy(model).eval()
     sp = UniPTSSparsifier(sparsity=0.8, **FAST)
     sp.prepare(model)
-    info = sp.search_allocation(model, CalibrationData(X, 16))
+    info = sp.search_allocation(model, CalibrationData(X, 16), teacher)
     for g in sp.groups:
         orig = g["module"].parametrizations["weight"].original
         assert torch.equal(orig, dense[g["tensor_fqn"]])
     bn = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert all(torch.equal(v, dense[k]) for k, v in bn.items())
     assert sp.target_sparsity() == pytest.approx(0.8, abs=1e-4)
-    assert info["search_evaluations"] >= 2 and info["search_seconds"] > 0
+    assert info.extras["search_evaluations"] >= 2 and info.extras["search_seconds"] > 0
     sp2 = UniPTSSparsifier(sparsity=0.8, **FAST)
     sp2.prepare(small_cnn())
-    info2 = sp2.search_allocation(sp2.model, CalibrationData(X, 16))
-    assert info["searched_layer_sparsity"] == info2["searched_layer_sparsity"]
+    info2 = sp2.search_allocation(sp2.model, CalibrationData(X, 16), teacher)
+    searched = {k: v["searched_sparsity"] for k, v in info.layers.items()}
+    assert searched == {k: v["searched_sparsity"] for k, v in info2.layers.items()}
 
 
 def test_dynamic_masks_change_between_steps():
