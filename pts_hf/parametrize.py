@@ -191,6 +191,11 @@ class ThresholdMask(PTSParametrization):
         """Largest useful threshold: just below the layer's largest normalised magnitude."""
         return float(self.normalised(weight).abs().max()) * (1.0 - 1e-6)
 
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "threshold" in state:  # saved before the parameter was named theta
+            state = {("theta" if k == "threshold" else k): v for k, v in state.items()}
+        super().load_extra_state(state)
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         state = {"theta": self.theta.detach().clone(), "gain": self.gain.clone(), "scale": self.scale.clone()}
         if self.frozen_mask is not None:
