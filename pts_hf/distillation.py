@@ -154,7 +154,7 @@ def run_distillation(
         warnings.warn(
             f"calibration data holds {n_batches} batches for {config.steps} steps: each batch is seen "
             f"{config.steps / n_batches:.0f} times; more calibration data would generalise better",
-            stacklevel=4,  # the user's pts_hf.sparsify(...) call
+            stacklevel=5,  # the user's pts_hf.sparsify(...) call (sparsify → calibrate → distill → here)
         )
     extra_groups = sparsifier.extra_param_groups()
     extra_ids = {id(p) for g in extra_groups for p in g["params"]}

@@ -12,7 +12,7 @@ def test_threshold_is_theta_times_gain_and_set_gain_keeps_it():
     p = ThresholdMask(W, 0.7)
     assert float(p.value()) == pytest.approx(0.7)
     p.set_gain(10.0)
-    assert float(p.value()) == pytest.approx(0.7) and float(p.theta) == pytest.approx(0.07)
+    assert float(p.value()) == pytest.approx(0.7) and float(p.theta.detach()) == pytest.approx(0.07)
     assert torch.equal(p.current_mask(W), (W / p.scale).abs() > 0.7)
 
 
