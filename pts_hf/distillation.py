@@ -186,7 +186,7 @@ def run_distillation(
     history: list[dict[str, float]] = []
     batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
-    ckpt: RunCheckpoint | None = getattr(sparsifier, "run_checkpoint", None)
+    ckpt: RunCheckpoint | None = sparsifier.run_checkpoint
     start = 0
     loop = (ckpt.resume or {}).get("loop") if ckpt is not None else None
     if loop is not None:  # continue where the checkpoint stopped
@@ -244,7 +244,7 @@ def _interrupted(ckpt: RunCheckpoint | None, saved: Any, step: int, steps: int, 
 
 def _loop_state(sparsifier: PTSSparsifier, model: nn.Module, optimizers: list, schedulers: list, step: int,
                 history: list, aug_gen: torch.Generator) -> dict[str, Any]:
-    counters = {k: getattr(sparsifier, k) for k in getattr(sparsifier, "resume_attrs", ())}
+    counters = {k: getattr(sparsifier, k) for k in sparsifier.resume_attrs}
     return {"step": step, "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "sparsifier": sparsifier.state_dict(), "counters": counters,
             "optimizers": [o.state_dict() for o in optimizers], "schedulers": [s.state_dict() for s in schedulers],
