@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     r = pts_hf.sparsify(dense, calib, method=method, sparsity=s, seed=seed, progress=False,
                                         **options)
                     seeds.append((evaluate_top1(r.model, test), r.global_sparsity, r.seconds,
-                                  r.details.get("search_seconds")))
+                                  r.record.extras.get("search_seconds")))
                 top1 = statistics.median(x[0] for x in seeds)
                 row = {"model": model_name, "variant": variant, "sparsity": s, "achieved": seeds[0][1],
                        "top1": top1, "top1_all": [x[0] for x in seeds],

@@ -7,9 +7,6 @@ from pts_hf.api import SparsifyResult, sparsify
 from pts_hf.checkpoint import load_sparse, save_sparse
 from pts_hf.config import SparsityConfig
 from pts_hf.hub import push_to_hub
-
-# Plain `from_pretrained` restores bitmask checkpoints once transformers is imported (never imported here).
-from pts_hf.integrations.transformers_plugin import install_import_hook as _install_hook
 from pts_hf.kernels import restore_dense_, use_sparse_kernels_
 from pts_hf.sparsifiers import (
     SPARSIFIERS,
@@ -32,7 +29,14 @@ from pts_hf.sparsifiers import (
 from pts_hf.targets import Target, discover_targets
 from pts_hf.version import __version__
 
-_install_hook()
+
+def register_transformers_plugin() -> None:
+    """Let plain transformers ``from_pretrained`` restore compressed (bitmask) pts_hf checkpoints in this
+    process. Imports transformers; idempotent. ``pts_hf.load_sparse`` does not need it."""
+    from pts_hf.integrations.transformers_plugin import register
+
+    register()
+
 
 __all__ = [
     "SPARSIFIERS",
@@ -58,6 +62,7 @@ __all__ = [
     "get_sparsifier_class",
     "load_sparse",
     "push_to_hub",
+    "register_transformers_plugin",
     "restore_dense_",
     "save_sparse",
     "sparsify",

@@ -4,53 +4,59 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pts_hf.calibration import CalibrationData
+from pts_hf.checkpoint.io import RECORD_ATTR
 from pts_hf.checkpoint.output import check_writable
 from pts_hf.config import SparsityConfig
 from pts_hf.ops.allocation import NEEDS_ACTIVATIONS
+from pts_hf.record import CalibrationInfo, RunRecord
 from pts_hf.resume import Interrupted, RunCheckpoint, model_fingerprint, read_checkpoint
 from pts_hf.sparsifiers import get_sparsifier_class
 from pts_hf.sparsifiers.base import check_finite_weights
-from pts_hf.targets import Target, discover_targets
+from pts_hf.targets import discover_targets
 
-__all__ = ["SparsifyResult", "measure_sparsity", "sparsify"]
+__all__ = ["SparsifyResult", "sparsify"]
 
 DEFAULT_CHECKPOINT_EVERY = 50
 
 
-@torch.no_grad()
-def measure_sparsity(targets: list[Target]) -> tuple[dict[str, float], float]:
-    """Per-tensor and global fraction of zeros actually present in the weights."""
-    per, zeros, total = {}, 0, 0
-    for t in targets:
-        w = t.weight
-        z = int((w == 0).sum())
-        per[t.tensor_fqn] = z / w.numel() if w.numel() else 0.0
-        zeros += z
-        total += w.numel()
-    return per, (zeros / total if total else 0.0)
-
-
 @dataclass
 class SparsifyResult:
-    """What :func:`sparsify` returns."""
+    """What :func:`sparsify` returns: the sparse model, the config it was made with, and the run record."""
 
     model: nn.Module
-    method: str
     config: SparsityConfig
-    target_sparsity: float
-    global_sparsity: float
-    layer_sparsity: dict[str, float]
-    layer_numel: dict[str, int]
-    seconds: float
-    details: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def target_sparsity(self) -> float:
+        return self.config.sparsity
+
+    @property
+    def global_sparsity(self) -> float:
+        return self.record.global_sparsity
+
+    @property
+    def layer_sparsity(self) -> dict[str, float]:
+        return self.record.layer_sparsity
+
+    @property
+    def layer_numel(self) -> dict[str, int]:
+        return self.record.layer_numel
+
+    @property
+    def seconds(self) -> float:
+        return float(self.record.seconds or 0.0)
 
     def summary(self, max_rows: int | None = None) -> str:
         """A per-layer table as text."""
@@ -67,11 +73,12 @@ class SparsifyResult:
 
     def save_pretrained(self, save_directory: str | Path, format: str = "dense",
                         metrics: dict[str, float] | None = None) -> Path:
-        """Save the sparse model (``format="dense"``: plain ``from_pretrained`` loads it; ``"bitmask"``: compressed)
-        with a ``sparsity_config.json`` sidecar describing this run."""
+        """Save the sparse model in ``format`` (a name in ``pts_hf.checkpoint.FORMATS``: ``"dense"``, plain
+        ``from_pretrained`` loads it; ``"bitmask"``: compressed) with a ``sparsity_config.json`` sidecar (the
+        run record)."""
         from pts_hf.checkpoint import save_sparse
 
-        return save_sparse(self.model, save_directory, format=format, result=self, metrics=metrics)
+        return save_sparse(self.model, save_directory, format=format, record=self.record, metrics=metrics)
 
     def push_to_hub(self, repo_id: str, format: str = "dense", *, token: str | None = None,
                     private: bool | None = None, metrics: dict[str, float] | None = None, api: Any = None) -> str:
@@ -120,24 +127,38 @@ def _run_checkpoint(model: nn.Module, config: SparsityConfig, method: str, check
     return ckpt
 
 
-def _make_accelerator(config: SparsityConfig) -> Any:
-    from accelerate import Accelerator
-
-    kwargs = {}
-    for name in ("mixed_precision", "gradient_accumulation_steps"):
-        if hasattr(config, name):
-            kwargs[name] = getattr(config, name)
-    return Accelerator(**kwargs)
+def _resolve_config(config: SparsityConfig | None, method: str | None, sparsity: float | None,
+                    allocation: str | None, seed: int | None, targets: list[str] | None, ignore: list[str] | None,
+                    options: dict[str, Any]) -> SparsityConfig:
+    """The run's config: ``config`` as given (then nothing else may set options), or built from the keywords."""
+    if config is not None:
+        if not isinstance(config, SparsityConfig) or not config.method:
+            raise TypeError(f"config must be a method's config (e.g. pts_hf.FCPTSConfig(...)), got "
+                            f"{type(config).__name__}")
+        given = {k: v for k, v in {"sparsity": sparsity, "allocation": allocation, "seed": seed, "targets": targets,
+                                   "ignore": ignore, **options}.items() if v is not None}
+        if given:
+            raise TypeError(f"pass the options in config= or as keywords, not both (got {sorted(given)} too)")
+        if method is not None and method.lower() != config.method:
+            raise ValueError(f"method {method!r} contradicts config, a {type(config).__name__} ({config.method!r})")
+        get_sparsifier_class(config.method)
+        return config
+    cls = get_sparsifier_class("magnitude" if method is None else method)
+    if allocation is not None:
+        options["allocation"] = allocation
+    return cls.config_class.from_options(sparsity=0.5 if sparsity is None else sparsity,
+                                         seed=0 if seed is None else seed, targets=targets, ignore=ignore, **options)
 
 
 def sparsify(
     model: nn.Module,
     data: Any = None,
-    method: str = "magnitude",
-    sparsity: float = 0.5,
+    method: str | None = None,
+    sparsity: float | None = None,
     allocation: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     *,
+    config: SparsityConfig | None = None,
     inplace: bool = False,
     targets: list[str] | None = None,
     ignore: list[str] | None = None,
@@ -153,15 +174,19 @@ def sparsify(
     Args:
         model: a trained dense model (CNN, ViT, HF transformer, …).
         data: calibration inputs (see :mod:`pts_hf.calibration` for the accepted forms); labels are never used.
-        method: a registered method (``pts_hf.SPARSIFIERS``).
-        sparsity: global target in [0, 1).
+        method: a registered method (``pts_hf.SPARSIFIERS``); default ``"magnitude"``.
+        sparsity: global target in [0, 1); default 0.5.
         allocation: per-layer allocation (initial allocation for learned methods); None = the method's default
             (``erk`` for magnitude / FCPTS / UniPTS, ``uniform`` for Wanda / SparseGPT, ``l2norm`` for POT).
-        seed: seed for every random choice.
+        seed: seed for every random choice (default 0); the global torch RNG is neither read nor reset.
+        config: a method's config object instead of ``method`` and the option keywords, e.g.
+            ``FCPTSConfig(sparsity=0.9, steps=300)`` or ``SparsityConfig.from_json(open(sidecar).read())`` (replays
+            a saved run).
         inplace: modify ``model`` itself instead of a deep copy.
         targets / ignore: layer patterns (see :mod:`pts_hf.targets`).
-        accelerator: an ``accelerate.Accelerator`` to use (the distilling methods create one otherwise; the
-            one-shot and layer-wise methods use ``torch.distributed`` directly when it is initialised).
+        accelerator: an ``accelerate.Accelerator`` to use (the distilling methods create one from
+            ``mixed_precision`` / ``gradient_accumulation_steps`` otherwise, and refuse one that contradicts them;
+            the one-shot and layer-wise methods use ``torch.distributed`` directly when it is initialised).
         progress: show progress (a bar on a terminal, a line every 30 s otherwise); a UI setting, valid for
             every method.
         checkpoint_dir: a folder where the learned methods save their state (see :mod:`pts_hf.resume`) every
@@ -173,10 +198,8 @@ def sparsify(
 
     Every argument is checked before any work starts; on bad input the model is left untouched.
     """
-    cls = get_sparsifier_class(method)
-    if allocation is not None:
-        options["allocation"] = allocation
-    config = cls.config_class.from_options(sparsity=sparsity, seed=seed, targets=targets, ignore=ignore, **options)
+    config = _resolve_config(config, method, sparsity, allocation, seed, targets, ignore, options)
+    cls = get_sparsifier_class(config.method)
     found = discover_targets(model, config.targets, config.ignore)
     check_finite_weights(found)
     sparsifier = cls(config)
@@ -187,11 +210,8 @@ def sparsify(
     calib = CalibrationData(data, config.batch_size) if (data is not None or sparsifier.requires_data()) else None
 
     start = time.perf_counter()
-    torch.manual_seed(seed)
     modes = _training_modes(model)
     work = model if inplace else copy.deepcopy(model)
-    if accelerator is None and cls.keeps_teacher:  # the distillation loop runs through accelerate
-        accelerator = _make_accelerator(config)
     if config.allocation in NEEDS_ACTIVATIONS:  # e.g. OWL: scores from the dense model's activations first
         if calib is None:
             calib = CalibrationData(data, config.batch_size)
@@ -202,7 +222,7 @@ def sparsify(
                                                          device=getattr(config, "device", None))
     sparsifier.prepare(work)
     try:
-        details = sparsifier.calibrate(work, calib, accelerator)
+        outcome = sparsifier.calibrate(work, calib, accelerator)
     except BaseException as e:
         sparsifier.remove()
         _restore_training_modes(work, modes)
@@ -215,20 +235,9 @@ def sparsify(
     sparsifier.squash_mask()
     _restore_training_modes(work, modes)  # every method returns the model in the mode(s) it came in
     seconds = time.perf_counter() - start
+    calibration = CalibrationInfo(seed=config.seed)
     if calib is not None:
-        details.setdefault("calibration_batches", len(calib))
-        details.setdefault("calibration_samples", calib.num_samples())
-
-    final_targets = sparsifier.group_targets()
-    per_layer, global_s = measure_sparsity(final_targets)
-    return SparsifyResult(
-        model=work,
-        method=cls.method,
-        config=config,
-        target_sparsity=config.sparsity,
-        global_sparsity=global_s,
-        layer_sparsity=per_layer,
-        layer_numel={t.tensor_fqn: t.numel for t in final_targets},
-        seconds=seconds,
-        details=details,
-    )
+        calibration.batches, calibration.samples = len(calib), calib.num_samples()
+    record = sparsifier.run_record(outcome, seconds=seconds, calibration=calibration)
+    setattr(work, RECORD_ATTR, record)  # save_sparse(result.model, ...) describes this very run
+    return SparsifyResult(model=work, config=config, record=record)

@@ -133,15 +133,6 @@ class CalibrationData:
             total += size
         return total
 
-    def cycle(self) -> Iterator[Any]:
-        """Batches forever, restarting the data when it runs out."""
-        while True:
-            yield from self
-
-    @property
-    def source(self) -> Iterable:
-        return self._source
-
 
 @functools.lru_cache(maxsize=64)
 def _forward_params(cls: type) -> tuple[frozenset[str], str | None]:

@@ -67,6 +67,7 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pts_hf.checkpoint.formats import FORMATS
     from pts_hf.sparsifiers import SPARSIFIERS
 
     parser = argparse.ArgumentParser(prog="pts-hf", description="Post-training sparsity for PyTorch / HF models.")
@@ -81,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pts-hf output), or a timm model name (pretrained weights need internet)")
     sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
                                    "folder / Hub name with an image column")
-    sp.add_argument("--method", default="fcpts", choices=sorted(SPARSIFIERS), help="sparsification method")
+    sp.add_argument("--method", default=None, choices=sorted(SPARSIFIERS),
+                    help="sparsification method (default: fcpts, or the --config's)")
+    sp.add_argument("--config", type=Path, metavar="JSON",
+                    help="a method config to run: a recipe (integrations/recipes/), a sparsity_config.json or a "
+                         "report.json of an earlier run; other options given here override it")
     sp.add_argument("--sparsity", type=_sparsity, default=None,
                     help="global target sparsity in [0, 1) (default 0.9; (M-N)/M with --mask-structure N:M)")
     sp.add_argument("--allocation", default=None, help="(initial) per-layer allocation: uniform, erk, lamp, "
@@ -91,11 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib-samples", type=_positive, default=1024,
                     help="calibration images drawn (seeded) from the training split")
     sp.add_argument("--steps", type=_positive, help="optimisation steps (learned methods; default: the method's)")
-    sp.add_argument("--batch-size", type=_positive, default=64, help="calibration batch size")
-    sp.add_argument("--seed", type=int, default=0, help="seed for sampling and training")
+    sp.add_argument("--batch-size", type=_positive, default=None,
+                    help="calibration batch size (default 64, or the --config's)")
+    sp.add_argument("--seed", type=int, default=None, help="seed for sampling and training (default 0, or the "
+                                                           "--config's)")
     sp.add_argument("--eval", action="store_true", help="report dense and sparse top-1 on the test split")
     sp.add_argument("--eval-samples", type=_positive, help="evaluate on this many test images (default: all)")
-    sp.add_argument("--output", type=Path, help="write model weights, report.json and allocation.png here")
+    sp.add_argument("--output", type=Path, help="write model weights, sparsity_config.json, report.json and "
+                                                "allocation.png here")
+    sp.add_argument("--format", default="dense", choices=sorted(FORMATS),
+                    help="on-disk format of the weights: 'dense' (zeros in place; plain from_pretrained / "
+                         "load_state_dict read it) or 'bitmask' (compressed; pts_hf.load_sparse reads it)")
     sp.add_argument("--overwrite", action="store_true",
                     help="write into a non-empty --output folder: the files pts-hf writes (and those an earlier "
                          "pts-hf run listed in its report.json) are replaced, every other file is kept")
@@ -189,15 +200,14 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
     print(f"pts-hf: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
-def _save_model(loaded: Any, model: Any, folder: Path) -> None:
-    if loaded.kind == "hf":
-        model.save_pretrained(folder)
-        return
-    from safetensors.torch import save_file
+def _save_model(loaded: Any, result: Any, folder: Path, fmt: str) -> None:
+    """The weights in ``fmt`` and the sidecar, through the one checkpoint writer; a bundled / timm model also gets
+    ``pts_model.json`` naming its architecture, so ``load_sparse`` and ``--model OUTPUT`` rebuild it."""
+    from pts_hf.checkpoint import write_checkpoint
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
+    write_checkpoint(result.model, folder, fmt, record=result.record)
+    if loaded.kind != "hf":
+        (folder / "pts_model.json").write_text(json.dumps({"kind": loaded.kind, "source": loaded.source}) + "\n")
 
 
 def _previous_files(out: Path) -> set[str]:
@@ -209,22 +219,22 @@ def _previous_files(out: Path) -> set[str]:
         return set()
 
 
-def _write_to(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> None:
+def _write_to(loaded: Any, result: Any, report: dict[str, Any], out: Path, fmt: str) -> None:
     from pts_hf.checkpoint.output import staged_output
     from pts_hf.report import plot_allocation, write_json_atomic
 
     with staged_output(out, replace_names=_previous_files(out)) as tmp:
-        _save_model(loaded, model, tmp)
+        _save_model(loaded, result, tmp, fmt)
         plot_allocation(report, tmp / "allocation.png")
         report = {**report, "files": sorted([f.name for f in tmp.iterdir() if f.is_file()] + ["report.json"])}
         write_json_atomic(tmp / "report.json", report)
 
 
-def _write_output(loaded: Any, model: Any, report: dict[str, Any], out: Path) -> Path:
+def _write_output(loaded: Any, result: Any, report: dict[str, Any], out: Path, fmt: str) -> Path:
     """Write the result to ``out``; if that fails, ``out`` keeps what it held, and the result (still in memory)
     goes to a folder the user types (on a terminal) or to a new folder in the system temporary directory."""
     try:
-        _write_to(loaded, model, report, out)
+        _write_to(loaded, result, report, out, fmt)
         return out
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
@@ -235,14 +245,14 @@ def _write_output(loaded: Any, model: Any, report: dict[str, Any], out: Path) ->
             raise CLIError(f"could not write {out}/ ({reason}); result discarded", code=1)
         try:
             _check_output(Path(answer.strip()), overwrite=False)
-            _write_to(loaded, model, report, Path(answer.strip()))
+            _write_to(loaded, result, report, Path(answer.strip()), fmt)
             return Path(answer.strip())
         except Exception as e2:  # CLIError included
             print(f"pts-hf: could not write there either: {e2}", file=sys.stderr, flush=True)
     try:
         rescue = Path(tempfile.mkdtemp(prefix="pts-hf-rescue-"))
         rescue.rmdir()  # staged_output creates it again and removes it if the write fails
-        _write_to(loaded, model, report, rescue)
+        _write_to(loaded, result, report, rescue, fmt)
     except Exception as e2:
         raise CLIError(f"could not write {out}/ ({reason}) nor a rescue copy ({type(e2).__name__}: {e2}); "
                        "nothing was written", code=1) from e2
@@ -265,7 +275,8 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         args.model, args.data, args.eval = DEFAULT_MODEL, DEFAULT_DATA, True
     _check_output(args.output, args.overwrite)
     check_data_spec(args.data)
-    options = dict(args.option)
+    base = _config_options(args)
+    options = {**base, **dict(args.option)}
     if args.steps is not None:
         options["steps"] = args.steps
     if args.allocation is not None:
@@ -273,11 +284,12 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.mask_structure != "unstructured":
         options["mask_structure"] = args.mask_structure
     cls = pts_hf.get_sparsifier_class(args.method)
+    if args.sparsity is not None:
+        options["sparsity"] = args.sparsity
+    elif "sparsity" not in options and "mask_structure" not in options:
+        options["sparsity"] = 0.9
     try:  # every option checked before anything is loaded
-        checked = cls.config_class.from_options(
-            sparsity=0.9 if args.sparsity is None and "mask_structure" not in options else
-            (args.sparsity if args.sparsity is not None else cls.config_class.__dataclass_fields__["sparsity"].default),
-            seed=args.seed, batch_size=args.batch_size, **options)
+        checked = cls.config_class.from_options(**{**options, "seed": args.seed, "batch_size": args.batch_size})
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from e
     args.sparsity = checked.sparsity
@@ -303,10 +315,9 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
             extra["dense_top1"] = _top1(loaded.model, test, 256, progress)
     torch.manual_seed(args.seed)
     try:
-        result = pts_hf.sparsify(loaded.model, images, method=args.method, sparsity=args.sparsity,
-                                 seed=args.seed, batch_size=args.batch_size,
-                                 progress=progress, checkpoint_dir=checkpoint_dir,
-                                 checkpoint_every=args.checkpoint_every, resume_from=args.resume, **options)
+        result = pts_hf.sparsify(loaded.model, images, config=checked, progress=progress,
+                                 checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                                 resume_from=args.resume)
     except ValueError as e:
         if args.resume is not None and ("checkpoint" in str(e) or "resume" in str(e)):
             raise CLIError(f"--resume {args.resume}: {e}") from e
@@ -321,10 +332,33 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         print(f"dense top-1 {extra['dense_top1']:.2f}%  ->  sparse top-1 {extra['sparse_top1']:.2f}% at "
               f"{result.global_sparsity:.4f} sparsity ({result.seconds:.0f} s)")
     if args.output is not None:
-        out = _write_output(loaded, result.model, report, args.output)
+        out = _write_output(loaded, result, report, args.output, args.format)
         print(f"wrote {out}/ (weights, report.json, allocation.png)")
     _remove_checkpoint(checkpoint_dir)
     return 0
+
+
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``--config`` (empty without one); fills in the method, seed and batch size it sets unless the
+    command line gives them."""
+    base: dict[str, Any] = {}
+    if args.config is not None:
+        from pts_hf.config import SparsityConfig
+
+        try:
+            recipe = SparsityConfig.from_json(args.config)
+        except (OSError, ValueError, TypeError) as e:
+            raise CLIError(f"--config {args.config}: {e}") from e
+        if args.method is not None and args.method != recipe.method:
+            raise CLIError(f"--method {args.method} contradicts --config {args.config} (a {recipe.method} config)")
+        args.method = recipe.method
+        base = {k: v for k, v in recipe.to_dict().items() if k in type(recipe).field_names()}
+    args.method = args.method or "fcpts"
+    args.seed = base.pop("seed", 0) if args.seed is None else args.seed
+    args.batch_size = base.pop("batch_size", 64) if args.batch_size is None else args.batch_size
+    base.pop("seed", None)
+    base.pop("batch_size", None)
+    return base
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -371,8 +405,7 @@ def _remove_checkpoint(d: Path) -> None:
 
 
 def _measured_sparsity(model: Any) -> float:
-    from pts_hf.api import measure_sparsity
-    from pts_hf.targets import discover_targets
+    from pts_hf.targets import discover_targets, measure_sparsity
 
     return measure_sparsity(discover_targets(model))[1]
 

@@ -1,13 +1,17 @@
 """Versioned, validated dataclass configs shared by every method.
 
 Each method subclasses :class:`SparsityConfig` in its own file and adds its fields (each with help text in
-``metadata["help"]``). Configs round-trip through JSON; a config saved by a newer pts_hf loads with its unknown
-keys dropped and a warning, as peft does.
+``metadata["help"]``). Configs round-trip through JSON (``to_json`` → ``SparsityConfig.from_json``, which picks the
+method's class from the ``"method"`` key and also reads a ``sparsity_config.json`` sidecar or a ``report.json``),
+so a saved run replays with ``pts_hf.sparsify(model, data, config=...)``. ``version`` and ``pts_hf_version`` are
+stamped by the library, not set by users. A config saved by a newer pts_hf loads with its unknown keys dropped
+and a warning, as peft does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import warnings
@@ -51,9 +55,14 @@ class SparsityConfig:
         "except the model's embeddings."
     )
     ignore: list[str] | None = help_field(None, "Patterns removed from the targets (same grammar).")
+    bn_recalibration: bool = help_field(
+        True, "Re-estimate BatchNorm running statistics on the calibration data at the end (models with BatchNorm; "
+        "pruning shifts the activations their running statistics were measured on)."
+    )
     seed: int = help_field(0, "Seed for every random choice (sampling, initialisation).")
     batch_size: int = help_field(64, "Batch size used when data is a tensor or a dataset of samples.")
-    version: int = help_field(CONFIG_VERSION, "Config format version (set by the library).")
+    version: int = field(default=CONFIG_VERSION, init=False, metadata={"help": "Config format version (set by the "
+                                                                               "library)."})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,16 +137,35 @@ class SparsityConfig:
 
     @classmethod
     def field_names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)}
+        """The options a user sets (``version`` is stamped by the library)."""
+        return {f.name for f in dataclasses.fields(cls) if f.init}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
+    def _class_for(cls, method: str | None) -> type[SparsityConfig]:
+        """This class, or (called on the base class) the registered method's config class."""
+        if cls.method:
+            if method and method != cls.method:
+                raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
+            return cls
+        if not method:
+            raise ValueError("config has no 'method': call the method's own config class (e.g. FCPTSConfig)")
+        from pts_hf.sparsifiers import get_sparsifier_class
+
+        return get_sparsifier_class(method).config_class
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> SparsityConfig:
+        """A config from ``to_dict()`` output, a sidecar / report (its ``"config"``), with ``overrides`` (e.g. a
+        ``loss_fn`` that cannot be saved)."""
         data = dict(data)
+        if isinstance(data.get("config"), dict) and "layers" in data:  # a sparsity_config.json or report.json
+            data = dict(data["config"])
         data.pop("pts_hf_version", None)
-        method = data.pop("method", cls.method)
-        if cls.method and method and method != cls.method:
-            raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
-        version = data.get("version", CONFIG_VERSION)
+        target = cls._class_for(data.pop("method", None))
+        if target is not cls:
+            return target.from_dict(data, **overrides)
+        version = data.pop("version", CONFIG_VERSION)
+        data.update(overrides)
         unknown = sorted(set(data) - cls.field_names())
         if unknown:
             newer = isinstance(version, int) and version > CONFIG_VERSION
@@ -148,23 +176,61 @@ class SparsityConfig:
             )
             for k in unknown:
                 data.pop(k)
-        data["version"] = CONFIG_VERSION
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> SparsityConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, **overrides: Any) -> SparsityConfig:
+        """From JSON text (``to_json()``, a ``sparsity_config.json`` or a ``report.json``) or a path to such a
+        file; on the base class the method's config class is chosen from the ``"method"`` key."""
+        stripped = text.lstrip() if isinstance(text, str) else text
+        if not isinstance(stripped, str) or not stripped.startswith("{"):
+            from pathlib import Path
+
+            text = Path(text).read_text()
+        return cls.from_dict(json.loads(text), **overrides)
 
     @classmethod
     def from_options(cls, **options: Any) -> SparsityConfig:
-        """Build from keyword options, naming any that this method does not take."""
+        """Build from keyword options, naming any that this method does not take. The keys ``to_dict`` stamps
+        (``method``, ``version``, ``pts_hf_version``) are accepted and checked, so ``from_options(**to_dict())``
+        round-trips."""
+        options.pop("pts_hf_version", None)
+        cls._class_for(options.pop("method", None))
+        version = options.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"config format version {version!r} is not this pts_hf's ({CONFIG_VERSION}); load it "
+                             "with from_dict / from_json, which converts it")
         unknown = sorted(set(options) - cls.field_names())
         if unknown:
             raise TypeError(
-                f"method {cls.method!r} got unknown option(s) {unknown}; valid options: "
-                f"{sorted(cls.field_names() - {'version'})}"
+                f"method {cls.method!r} got unknown option(s) {unknown}; valid options: {sorted(cls.field_names())}"
             )
+        if isinstance(options.get("loss_fn"), str):
+            options["loss_fn"] = resolve_callable(options["loss_fn"])
         return cls(**options)
+
+
+def callable_path(fn: Callable[..., Any]) -> str:
+    """``"module:qualname"`` of a function (what a saved ``loss_fn`` is). A lambda or local function is saved
+    the same way but cannot be imported back: loading it then asks for ``loss_fn=``."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{qualname}"
+
+
+def resolve_callable(path: str) -> Callable[..., Any]:
+    """The function a ``"module:qualname"`` names (an error saying what to pass when it cannot be imported)."""
+    module, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"saved loss_fn {path!r} cannot be imported ({e}); pass loss_fn=<the function> to "
+                         "from_dict / from_json") from e
+    if not callable(obj):
+        raise ValueError(f"saved loss_fn {path!r} is not callable")
+    return obj
 
 
 _CHOICES = {
@@ -197,7 +263,6 @@ class DistillationConfig(SparsityConfig):
     teacher_mode: str = help_field("eval", "Dense teacher in 'eval' mode, or 'train' (BatchNorm batch statistics, "
                                    "as the released FCPTS/UniPTS code).")
     student_bn: str = help_field("train", "Student BatchNorm during the loop: 'train' (batch statistics) or 'eval'.")
-    bn_recalibration: bool = help_field(True, "Re-estimate BatchNorm statistics on the calibration data at the end.")
     max_grad_norm: float | None = help_field(None, "Clip the gradient norm of the weights (None = no clipping).")
     mixed_precision: str = help_field("no", "accelerate mixed precision: 'no', 'fp16' or 'bf16'.")
     gradient_accumulation_steps: int = help_field(1, "Batches per optimizer step (through accelerate).")
@@ -226,12 +291,12 @@ class DistillationConfig(SparsityConfig):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        d["loss_fn"] = None if self.loss_fn is None else getattr(self.loss_fn, "__qualname__", repr(self.loss_fn))
+        d["loss_fn"] = None if self.loss_fn is None else callable_path(self.loss_fn)
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> SparsityConfig:
         data = dict(data)
-        if not callable(data.get("loss_fn")):
-            data["loss_fn"] = None  # a saved loss_fn is only its name
-        return super().from_dict(data)
+        if cls.method and "loss_fn" not in overrides and isinstance(data.get("loss_fn"), str):
+            data["loss_fn"] = resolve_callable(data["loss_fn"])  # saved as "module:qualname"
+        return super().from_dict(data, **overrides)

@@ -37,9 +37,9 @@ def model_card(side: dict[str, Any], repo_id: str, max_rows: int = 40) -> str:
                   "```python", "from transformers import AutoModel", f'model = AutoModel.from_pretrained("{repo_id}")',
                   "```"]
     else:
-        lines += ["The weights are stored compressed (bitmask + non-zero values); load them with pts_hf:", "",
+        lines += [f"The weights are stored compressed (pts_hf format `{fmt}`); load them with pts_hf:", "",
                   "```python", "import pts_hf", f'model = pts_hf.load_sparse("{repo_id}")',
-                  "# or, with pts_hf imported, transformers' own from_pretrained", "```"]
+                  "# or: pts_hf.register_transformers_plugin(), then transformers' own from_pretrained", "```"]
     layers = side.get("layers") or {}
     if layers:
         lines += ["", "## Per-layer sparsity", "", "| layer | elements | sparsity |", "| --- | --- | --- |"]

@@ -72,7 +72,7 @@ def check_same_shape(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.shape != teacher.shape:
         raise ValueError(f"student output shape {tuple(student.shape)} differs from the teacher's "
                          f"{tuple(teacher.shape)}: the teacher must be the dense model of the same architecture "
-                         "(sparsifier.teacher, made by prepare) run on the same batch")
+                         "(a copy of the model made before prepare) run on the same batch")
 
 
 def base_decayed_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0, tau: float = 8.0

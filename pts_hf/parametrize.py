@@ -11,7 +11,7 @@ from torch import nn
 
 from pts_hf.ops.kde import resolve_bandwidth, threshold_to_sparsity
 
-__all__ = ["DynamicMask", "FixedMask", "PTSParametrization", "ThresholdMask"]
+__all__ = ["DynamicMask", "FixedMask", "PTSParametrization", "ThresholdMask", "mask_from_saved"]
 
 
 class PTSParametrization(nn.Module):
@@ -50,6 +50,10 @@ class FixedMask(PTSParametrization):
     def current_mask(self, weight: torch.Tensor) -> torch.Tensor:
         return self.mask
 
+    @staticmethod
+    def saved_mask(state: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor | None:
+        return state["mask"].bool() if "mask" in state else None
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"mask": self.mask.clone()}
 
@@ -84,7 +88,10 @@ class DynamicMask(FixedMask):
 
 
 class ThresholdMask(PTSParametrization):
-    """FCPTS mask ``|W| / scale > t`` with one learnable threshold ``t`` in normalised units.
+    """FCPTS mask ``|W| / scale > t`` with one learnable threshold ``t = theta · gain`` in normalised units.
+
+    ``theta`` is the learnable parameter and :meth:`value` the threshold; read and write the threshold only
+    through :meth:`value` / :meth:`set_value`.
 
     ``scale`` is the layer's RMS at preparation, so thresholds of layers whose weights differ by 100× live on
     one scale and share one learning rate and one KDE bandwidth.
@@ -117,7 +124,7 @@ class ThresholdMask(PTSParametrization):
         # t = threshold · gain: a gain > 1 gives the threshold a larger effective learning rate inside an optimizer
         # shared with the weights (the Trainer callback); 1 everywhere else.
         self.register_buffer("gain", torch.ones((), dtype=torch.float32, device=weight.device))
-        self.threshold = nn.Parameter(torch.tensor(float(threshold), dtype=torch.float32, device=weight.device))
+        self.theta = nn.Parameter(torch.tensor(float(threshold), dtype=torch.float32, device=weight.device))
         n = w.numel()
         idx = torch.randperm(n, generator=generator)[: min(kde_samples, n)] if kde_samples < n else torch.arange(n)
         self.register_buffer("kde_index", idx.to(weight.device))
@@ -128,11 +135,11 @@ class ThresholdMask(PTSParametrization):
 
     def value(self) -> torch.Tensor:
         """The threshold t in normalised units (differentiable)."""
-        return self.threshold * self.gain
+        return self.theta * self.gain
 
     @torch.no_grad()
     def set_value(self, t: float) -> None:
-        self.threshold.fill_(float(t) / float(self.gain))
+        self.theta.fill_(float(t) / float(self.gain))
 
     @torch.no_grad()
     def set_gain(self, gain: float) -> None:
@@ -148,6 +155,16 @@ class ThresholdMask(PTSParametrization):
             return self.frozen_mask
         return self.normalised(weight).abs() > self.value().detach()
 
+    @staticmethod
+    def saved_mask(state: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`current_mask` from this parametrization's tensors as a model state dict saved them."""
+        if "frozen_mask" in state:
+            return state["frozen_mask"].bool()
+        if "theta" not in state:
+            return None
+        t = state["theta"].float() * state.get("gain", torch.ones(())).float()  # value()
+        return (weight.detach().float() / state["scale"].float()).abs() > t
+
     def freeze(self, mask: torch.Tensor | None) -> None:
         """Pin the mask (e.g. after the exact projection); ``None`` goes back to the threshold."""
         self.frozen_mask = None if mask is None else mask.detach().to(torch.bool)
@@ -158,7 +175,7 @@ class ThresholdMask(PTSParametrization):
         z = self.normalised(weight).abs()
         t = self.value()
         hard = (z > t.detach()).to(weight.dtype)
-        if self.ste and torch.is_grad_enabled() and self.threshold.requires_grad:
+        if self.ste and torch.is_grad_enabled() and self.theta.requires_grad:
             soft = torch.sigmoid((z - t) / self.ste_width).to(weight.dtype)
             return weight * (hard + (soft - soft.detach()))
         return weight * hard
@@ -174,8 +191,23 @@ class ThresholdMask(PTSParametrization):
         """Largest useful threshold: just below the layer's largest normalised magnitude."""
         return float(self.normalised(weight).abs().max()) * (1.0 - 1e-6)
 
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "threshold" in state:  # saved before the parameter was named theta
+            state = {("theta" if k == "threshold" else k): v for k, v in state.items()}
+        super().load_extra_state(state)
+
     def extra_state(self) -> dict[str, torch.Tensor]:
-        state = {"threshold": self.threshold.detach().clone(), "gain": self.gain.clone(), "scale": self.scale.clone()}
+        state = {"theta": self.theta.detach().clone(), "gain": self.gain.clone(), "scale": self.scale.clone()}
         if self.frozen_mask is not None:
             state["frozen_mask"] = self.frozen_mask.clone()
         return state
+
+
+def mask_from_saved(state: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """The keep mask of a pts_hf parametrization from its tensors in a saved state dict (keys without the
+    ``....parametrizations.weight.0.`` prefix), e.g. a Trainer checkpoint written while masks were live."""
+    for cls in (ThresholdMask, FixedMask):
+        mask = cls.saved_mask(state, weight)
+        if mask is not None:
+            return mask
+    raise ValueError(f"no pts_hf mask among the saved parametrization tensors {sorted(state)}")

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
 from pathlib import Path
 from typing import Any
-
-from pts_hf.version import CONFIG_VERSION, __version__
 
 __all__ = ["format_layer_table", "make_report", "plot_allocation", "write_json_atomic"]
 
@@ -20,36 +16,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def make_report(result: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON-ready summary of a :class:`~pts_hf.api.SparsifyResult`."""
-    details = result.details
-    report = {
-        "pts_hf_version": __version__,
-        "format_version": CONFIG_VERSION,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.system()}",
-        "method": result.method,
-        "target_sparsity": result.target_sparsity,
-        "global_sparsity": result.global_sparsity,
-        "seconds": round(result.seconds, 2),
-        "layers": {
-            k: {"numel": result.layer_numel[k], "sparsity": v,
-                **({"initial_sparsity": details["initial_layer_sparsity"][k]}
-                   if k in details.get("initial_layer_sparsity", {}) else {}),
-                **({"threshold": details["thresholds"][k]} if k in details.get("thresholds", {}) else {}),
-                **({"erk_sparsity": details["erk_layer_sparsity"][k]}
-                   if k in details.get("erk_layer_sparsity", {}) else {})}
-            for k, v in result.layer_sparsity.items()
-        },
-        "config": result.config.to_dict(),
-    }
-    for key in ("search_seconds", "search_evaluations", "search_best_fitness", "erk_fitness"):
-        if key in details:
-            report[key] = details[key]
-    history = details.get("history")
-    if history:
-        report["history"] = history[:: max(1, len(history) // 200)]
-    report.update(extra or {})
-    return report
+    """``report.json`` of a :class:`~pts_hf.api.SparsifyResult`: its run record (the sidecar's schema, with the
+    step history) plus ``extra`` (what the caller measured: accuracies, the command, ...)."""
+    return result.record.to_report(extra)
 
 
 def plot_allocation(report: dict[str, Any], path: Path, compare: dict[str, dict[str, float]] | None = None) -> None:
@@ -68,9 +37,10 @@ def plot_allocation(report: dict[str, Any], path: Path, compare: dict[str, dict[
     series = dict(compare or {})
     if all(v is not None for v in initial) and initial != values:
         series.setdefault("initial allocation", dict(zip(names, initial)))
-    erk = [report["layers"][n].get("erk_sparsity") for n in names]
-    if all(v is not None for v in erk):
-        series.setdefault("ERK (same target)", dict(zip(names, erk)))
+    seed = [report["layers"][n].get("allocation_sparsity") for n in names]
+    if all(v is not None for v in seed):
+        allocation = (report.get("config") or {}).get("allocation", "allocation")
+        series.setdefault(f"{allocation} (same target)", dict(zip(names, seed)))
     for (label, vals), color in zip(series.items(), ("#ee6677", "#228833", "#ccbb44")):
         ax.step(list(xs), [vals.get(n, float("nan")) for n in names], where="mid", color=color, label=label)
     ax.set_xticks(list(xs))

@@ -71,17 +71,21 @@ def _load_hf(path: Path) -> LoadedModel:
     config = transformers.AutoConfig.from_pretrained(path)
     arch = (getattr(config, "architectures", None) or ["AutoModel"])[0]
     cls = getattr(transformers, arch, None) or transformers.AutoModel
-    model = cls.from_pretrained(path)
+    if (path / "sparsity_config.json").is_file():  # a pts_hf checkpoint, in any registered format
+        from pts_hf.checkpoint import load_sparse
+
+        model = load_sparse(path)
+    else:
+        model = cls.from_pretrained(path)
     return LoadedModel(model.eval(), "hf", arch, _hf_inputs(path, config))
 
 
 def _load_saved(path: Path) -> LoadedModel:
     meta = json.loads((path / MODEL_META).read_text())
-    from safetensors.torch import load_file
+    from pts_hf.checkpoint import load_sparse
 
     base = resolve_model(meta["source"], pretrained=False)
-    state = load_file(str(path / "model.safetensors"))
-    base.model.load_state_dict(state)
+    load_sparse(path, model=base.model)  # any registered on-disk format
     return base
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "discover_targets", "is_supported_layer", "supported_layer_types"]
+__all__ = ["Target", "discover_targets", "measure_sparsity", "supported_layer_types"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,17 @@ def supported_layer_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def is_supported_layer(module: nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
-    return isinstance(module, supported_layer_types()) and isinstance(weight, torch.Tensor)
+@torch.no_grad()
+def measure_sparsity(targets: Sequence[Target]) -> tuple[dict[str, float], float]:
+    """Per-tensor and global fraction of zeros actually present in the targets' weights."""
+    per, zeros, total = {}, 0, 0
+    for t in targets:
+        w = t.weight
+        z = int((w == 0).sum())
+        per[t.tensor_fqn] = z / w.numel() if w.numel() else 0.0
+        zeros += z
+        total += w.numel()
+    return per, (zeros / total if total else 0.0)
 
 
 def _embedding_modules(model: nn.Module) -> set[int]:

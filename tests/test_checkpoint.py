@@ -73,14 +73,18 @@ def _run(code, **env):
                           env={**os.environ, **env}, cwd=Path(__file__).parent.parent)
 
 
-def test_bitmask_without_pts_hf_fails_loudly_and_with_it_plain_from_pretrained_works(tmp_path):
+def test_bitmask_without_the_plugin_fails_loudly_and_with_it_plain_from_pretrained_works(tmp_path):
     r = _sparse("hf_bert")
     r.save_pretrained(tmp_path, format="bitmask")
     torch.save(r.model.state_dict(), tmp_path.parent / "ref.pt")
     plain = _run(f"from transformers import BertModel; BertModel.from_pretrained({str(tmp_path)!r})")
     assert plain.returncode != 0 and "mismatch" in plain.stderr.lower()
+    # importing pts_hf registers nothing (no import hook): still loud
+    imported = _run(f"import sys, pts_hf; n = len(sys.meta_path); from transformers import BertModel\n"
+                    f"assert len(sys.meta_path) >= n\nBertModel.from_pretrained({str(tmp_path)!r})")
+    assert imported.returncode != 0 and "mismatch" in imported.stderr.lower()
     plugin = _run(
-        "import torch, pts_hf\nfrom transformers import BertModel\n"
+        "import torch, pts_hf\npts_hf.register_transformers_plugin()\nfrom transformers import BertModel\n"
         f"m = BertModel.from_pretrained({str(tmp_path)!r})\n"
         f"ref = torch.load({str(tmp_path.parent / 'ref.pt')!r})\n"
         "assert all(torch.equal(ref[k], v) for k, v in m.state_dict().items()), 'weights differ'\nprint('OK')")
@@ -237,3 +241,34 @@ def test_load_sparse_rebuilds_a_pts_hf_output_of_a_bundled_model(tmp_path):
     (tmp_path / "pts_model.json").unlink()
     with pytest.raises(ValueError, match=r"load_sparse\(path, model=MyNet\(\)\)"):
         load_sparse(tmp_path)
+
+
+def test_import_pts_hf_installs_no_import_hook():
+    out = _run("import sys; before = list(sys.meta_path); import pts_hf\n"
+               "assert sys.meta_path == before, sys.meta_path\nassert 'transformers' not in sys.modules\nprint('OK')")
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_sidecar_names_the_layers_actually_sparsified_not_the_default_targets(tmp_path):
+    """save_sparse without record= used to re-discover the *default* targets: with targets= / ignore= the sidecar
+    then listed dense layers (the Linear here) as if they had been sparsified."""
+    from pts_hf import MagnitudeSparsifier
+
+    r = pts_hf.sparsify(small_cnn(), torch.randn(8, 3, 16, 16), sparsity=0.6, targets=["Conv2d"], ignore=["3"])
+    assert set(r.layer_sparsity) == {"0.weight", "6.weight"}
+    pts_hf.save_sparse(r.model, tmp_path / "api")  # no record=: the model carries what was done
+    side = json.loads((tmp_path / "api" / SIDECAR_NAME).read_text())
+    assert set(side["layers"]) == {"0.weight", "6.weight"}
+    assert side["method"] == "magnitude" and side["config"]["targets"] == ["Conv2d"]
+    assert side["global_sparsity"] == pytest.approx(r.global_sparsity)
+
+    model = small_cnn()  # the torch.ao-style path: squash_mask leaves the record on the model
+    sp = MagnitudeSparsifier(sparsity=0.5, ignore=["11"])
+    sp.prepare(model)
+    sp.step()
+    sp.squash_mask()
+    pts_hf.save_sparse(model, tmp_path / "ao", format="bitmask")
+    side = json.loads((tmp_path / "ao" / SIDECAR_NAME).read_text())
+    assert set(side["layers"]) == {"0.weight", "3.weight", "6.weight"} and side["format"] == "bitmask"
+    loaded = load_sparse(tmp_path / "ao", model=small_cnn())
+    assert _equal(model, loaded) and set(loaded.pts_sparsity_record.layers) == set(side["layers"])

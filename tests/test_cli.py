@@ -82,7 +82,7 @@ def test_short_end_to_end_run_and_inspect_and_evaluate(capsys, tmp_path):
     assert code == 0, err
     assert "dense top-1" in stdout and "sparse top-1" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["allocation.png", "model.safetensors", "pts_model.json",
-                                                     "report.json"]
+                                                     "report.json", "sparsity_config.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "fcpts" and report["target_sparsity"] == 0.8
     assert abs(report["global_sparsity"] - 0.8) <= 1e-4

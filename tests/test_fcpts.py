@@ -1,3 +1,4 @@
+import copy
 import math
 import warnings
 
@@ -8,8 +9,8 @@ from torch import nn
 import pts_hf
 from pts_hf import FCPTSSparsifier
 from pts_hf.calibration import recalibrate_batchnorm
+from pts_hf.distillation import cosine_with_warmup, set_student_mode
 from pts_hf.ops.kde import gaussian_kde, silverman_bandwidth, threshold_to_sparsity
-from pts_hf.training import cosine_with_warmup, set_student_mode
 from tests.tiny_models import TINY_MODELS, small_cnn
 
 X = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -55,12 +56,13 @@ def test_kde_helpers():
 def test_thresholds_move_and_exact_target_hit():
     model = small_cnn()
     r = pts_hf.sparsify(model, X, method="fcpts", sparsity=0.8, threshold_lr=0.05, **FAST)
-    init = r.details["initial_layer_sparsity"]
-    learned = r.details["learned_layer_sparsity"]
+    init = r.record.layer_values("initial_sparsity")
+    learned = r.record.layer_values("learned_sparsity")
+    assert set(init) == set(learned) == set(r.layer_sparsity)
     assert max(abs(init[k] - learned[k]) for k in init) > 0.005
-    assert len(r.details["history"]) == 20
-    assert {"loss", "rec", "control", "sparsity"} <= set(r.details["history"][-1])
-    assert set(r.details["thresholds"]["6.weight"]) == {"normalised", "raw"}
+    assert len(r.record.history) == 20
+    assert {"loss", "rec", "control", "sparsity"} <= set(r.record.history[-1])
+    assert set(r.record.layers["6.weight"].extras["threshold"]) == {"normalised", "raw"}
 
 
 @pytest.mark.parametrize("projection", ["margin", "proportional"])
@@ -75,6 +77,18 @@ def test_exact_target(target, projection):
 
 
 def test_control_only_mode_and_paper_kde_settings():
+    # threshold_grad="control": the reconstruction loss gives the thresholds no gradient; "ste" gives them one
+    for mode, moves in (("control", False), ("ste", True)):
+        model = small_cnn()
+        teacher = copy.deepcopy(model).eval()
+        sp = FCPTSSparsifier(sparsity=0.7, threshold_grad=mode, bandwidth=0.5, kde_samples=100)
+        sp.prepare(model)
+        sp.reconstruction_loss(model(X[:32]), teacher(X[:32])).backward()
+        grads = [sp.parametrization_of(g).theta.grad for g in sp.groups]
+        assert any(g is not None and float(g.abs()) > 0 for g in grads) == moves, mode
+        for g in sp.groups:  # the paper's KDE: n = 100 samples per layer, h = 0.5
+            p = sp.parametrization_of(g)
+            assert p.kde_index.numel() == min(100, g["numel"]) and p.bandwidth == 0.5
     r = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.7, threshold_grad="control", bandwidth=0.5,
                         kde_samples=100, **FAST)
     assert r.global_sparsity == pytest.approx(0.7, abs=1e-3)
@@ -90,7 +104,8 @@ def test_tiny_vit_and_bert_end_to_end():
     r = pts_hf.sparsify(bert(), [make_bert()], method="fcpts", sparsity=0.5, steps=4, progress=False,
                         optimizer="adamw", lr=1e-4)
     assert r.global_sparsity == pytest.approx(0.5, abs=1e-4)
-    assert r.details["history"][0]["rec"] >= 0  # BERT's last_hidden_state: feature MSE
+    rec = r.record.history[0]["rec"]  # BERT's last_hidden_state: feature MSE, positive once half is pruned
+    assert math.isfinite(rec) and rec > 0 and "kl" not in r.record.history[0]
 
 
 def test_user_loss_fn():
@@ -121,7 +136,7 @@ def test_short_data_cycles_with_warning():
     with pytest.warns(UserWarning, match="seen"):
         r = pts_hf.sparsify(small_cnn(), X[:16], method="fcpts", sparsity=0.5, steps=20, batch_size=16,
                             progress=False)
-    assert len(r.details["history"]) == 20
+    assert len(r.record.history) == 20
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.5, steps=8, batch_size=16, progress=False)
@@ -153,11 +168,12 @@ def test_user_loop_matches_one_call_api():
 
     torch.manual_seed(0)
     model = small_cnn()
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the user's loop owns its teacher
     sp = FCPTSSparsifier(sparsity=0.8, **opts)
     sp.prepare(model)
     torch.manual_seed(0)
     weights = [p for p in model.parameters() if all(p is not q for g in sp.extra_param_groups() for q in g["params"])]
-    opt = torch.optim.SGD(weights, lr=sp.options.lr, momentum=0.9)
+    opt = torch.optim.SGD(weights, lr=sp.method_config.lr, momentum=0.9)
     topt = torch.optim.Adam(sp.extra_param_groups())
     fn = cosine_with_warmup(steps, 0)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, fn) for o in (opt, topt)]
@@ -166,7 +182,7 @@ def test_user_loop_matches_one_call_api():
     for i in range(steps):
         x = batches[i % len(batches)]
         with torch.no_grad():
-            t = sp.teacher(x)
+            t = teacher(x)
         loss, _ = sp.compute_loss(model(x), t)
         loss.backward()
         for o in (opt, topt):
@@ -222,4 +238,4 @@ def test_fixed_mask_tail_projects_early_and_keeps_masks():
     r = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.8, fixed_mask_tail=0.3, **FAST)
     n = sum(r.layer_numel.values())
     assert round(r.global_sparsity * n) == round(0.8 * n)
-    assert set(r.details["learned_layer_sparsity"]) == set(r.layer_sparsity)
+    assert set(r.record.layer_values("learned_sparsity")) == set(r.layer_sparsity)

@@ -89,7 +89,7 @@ def test_budget_is_not_uniform_and_follows_sensitivity():
         model.layers[1].fc1.weight.mul_(30.0)
         model.layers[1].fc2.weight.div_(30.0)
     r = pts_hf.sparsify(model, _data(), method="fcpts-block", sparsity=0.6, recon_steps=0, progress=False)
-    levels = r.details["budget_levels"]
+    levels = r.record.layer_values("budget_level")
     assert len(set(round(v, 3) for v in levels.values())) > 1
     assert sum(levels[k] * n for k, n in _numels(r.model).items()) == pytest.approx(0.6 * sum(_numels(r.model)
                                                                                               .values()), abs=1)
@@ -120,7 +120,7 @@ def test_block_reconstruction_reduces_each_blocks_error():
     for res in seen.values():
         assert res.after < 0.9 * res.before
         assert sum(res.losses[-4:]) < sum(res.losses[:4])  # last pass over the 4 batches vs the first
-    assert set(r.details["block_reconstruction"]) >= {"layers.0", "layers.1"}
+    assert set(r.record.extras["block_reconstruction"]) >= {"layers.0", "layers.1"}
 
 
 def test_reconstruction_improves_the_model_output_over_one_shot():

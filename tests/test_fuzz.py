@@ -70,7 +70,8 @@ def test_magnitude_exact_or_clean_error(shapes, sparsity, allocation, seed):
     else:
         n = sum(r.layer_numel.values())
         zeros = round(r.global_sparsity * n)
-        assert zeros == round(float(sparsity) * n), (zeros, sparsity, n)
+        target = 0.5 if sparsity is None else float(sparsity)  # None: the default, as if left out
+        assert zeros == round(target * n), (zeros, sparsity, n)
         assert all(0.0 <= v <= 1.0 for v in r.layer_sparsity.values())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

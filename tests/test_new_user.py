@@ -147,7 +147,7 @@ def test_non_tty_progress_periodic_lines(monkeypatch):
 
 
 def test_unipts_bar_shows_kl_and_sparsity(monkeypatch):
-    import pts_hf.training as training
+    import pts_hf.distillation as training
 
     shown = []
 

@@ -105,12 +105,12 @@ def test_failure_while_saving_keeps_previous_files_and_rescues(tmp_path, monkeyp
     real_save = cli._save_model
     calls = []
 
-    def failing(loaded, model, folder):
+    def failing(loaded, result, folder, fmt):
         calls.append(folder)
         if len(calls) == 1:  # half a file, then the disk is full
             (folder / "model.safetensors").write_bytes(b"\0" * 100)
             raise OSError(28, "No space left on device")
-        real_save(loaded, model, folder)
+        real_save(loaded, result, folder, fmt)
 
     monkeypatch.setattr(cli, "_save_model", failing)
     code = main([*RUN, "--output", str(out), *([] if nested else ["--overwrite"])])
@@ -135,7 +135,8 @@ def test_overwrite_replaces_only_pts_hf_files(tmp_path, capsys):
     (out / "sub").mkdir()
     assert main([*RUN, "--output", str(out), "--overwrite"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["files"]) == {"allocation.png", "model.safetensors", "pts_model.json", "report.json"}
+    assert set(report["files"]) == {"allocation.png", "model.safetensors", "pts_model.json", "report.json",
+                                    "sparsity_config.json"}
     assert (out / "mine.txt").read_text() == "keep me" and (out / "sub").is_dir()
     capsys.readouterr()
 
@@ -197,10 +198,10 @@ def test_failed_save_on_a_terminal_asks_where_else(tmp_path, monkeypatch, capsys
     real_save = cli._save_model
     bad = tmp_path / "full"
 
-    def save(loaded, model, folder):
+    def save(loaded, result, folder, fmt):
         if bad in folder.parents:  # anything under the full disk
             raise OSError(28, "No space left on device")
-        real_save(loaded, model, folder)
+        real_save(loaded, result, folder, fmt)
 
     class TTY:
         def isatty(self):

@@ -63,8 +63,8 @@ def test_two_block_toy_is_one_chained_run():
     model = TwoBlocks()
     x = torch.randn(32, 16, generator=GEN)
     r = pts_hf.sparsify(model, x, method="wanda", sparsity=0.5)
-    assert r.details["pipeline"]["runs"] == [["layers.0", "layers.1"]]
-    assert r.details["pipeline"]["blocks_from"] == "transformers _no_split_modules"
+    assert r.record.extras["pipeline"]["runs"] == [["layers.0", "layers.1"]]
+    assert r.record.extras["pipeline"]["blocks_from"] == "transformers _no_split_modules"
 
 
 def _second_block_hessian(sequential):
@@ -141,7 +141,7 @@ def test_unused_layer_is_skipped_with_a_warning_and_the_target_still_met():
     assert r.layer_sparsity["unused.weight"] == 0.0
     n = sum(r.layer_numel.values())
     assert round(r.global_sparsity * n) == round(0.5 * n)
-    assert r.details["pipeline"]["unused_layers"] == ["unused.weight"]
+    assert r.record.extras["pipeline"]["unused_layers"] == ["unused.weight"]
 
 
 def test_fallback_to_top_level_children_says_so(caplog):
@@ -151,7 +151,7 @@ def test_fallback_to_top_level_children_says_so(caplog):
         warnings.simplefilter("error")
         r = pts_hf.sparsify(model, torch.randn(8, 16, generator=GEN), method="wanda", sparsity=0.5)
     assert "no known block structure" in caplog.text
-    assert r.details["pipeline"]["blocks_from"].startswith("top-level children")
+    assert r.record.extras["pipeline"]["blocks_from"].startswith("top-level children")
 
 
 def test_padding_tokens_are_excluded_from_statistics():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pts_hf
+import pts_hf.distillation as distillation
 import pts_hf.sparsifiers.fcpts as fcpts_module
 import pts_hf.sparsifiers.unipts as unipts_module
 from pts_hf.resume import Interrupted, read_checkpoint
@@ -46,14 +47,13 @@ class Flaky:
 
 def _arm(monkeypatch, data: Flaky, after: int):
     """Interrupt ``after`` fetches into the distillation loop (whatever the search read before it)."""
-    for module in (fcpts_module, unipts_module):
-        real = module.run_distillation
+    real = distillation.run_distillation
 
-        def armed(*a, _real=real, **k):
-            data.fire_at = data.count + after + 1
-            return _real(*a, **k)
+    def armed(*a, **k):
+        data.fire_at = data.count + after + 1
+        return real(*a, **k)
 
-        monkeypatch.setattr(module, "run_distillation", armed)
+    monkeypatch.setattr(distillation, "run_distillation", armed)
 
 
 def _same_weights(a, b):
@@ -89,8 +89,8 @@ def test_interrupt_then_resume_is_bit_exact(method, at, how, tmp_path, monkeypat
     resumed = _run(method, Flaky(), resume_from=ckpt)
     assert len(calls) == OPTS[method]["steps"] - expected_step  # it continued, it did not start again
     _same_weights(ref.model, resumed.model)
-    assert len(resumed.details["history"]) == OPTS[method]["steps"]
-    assert resumed.details["history"] == ref.details["history"]
+    assert len(resumed.record.history) == OPTS[method]["steps"]
+    assert resumed.record.history == ref.record.history
 
 
 def test_interrupt_mid_update_falls_back_to_the_periodic_checkpoint(tmp_path, monkeypatch):
@@ -211,7 +211,7 @@ def test_interrupt_after_the_loop_points_at_its_last_checkpoint(tmp_path, monkey
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fcpts_module, "finish_batchnorm", ctrl_c)
+    monkeypatch.setattr(distillation, "finish_batchnorm", ctrl_c)
     with pytest.raises(Interrupted, match="the checkpoint of step 8") as e:
         _run("fcpts", Flaky(), checkpoint_dir=tmp_path)
     assert e.value.step == 8

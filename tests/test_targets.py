@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import pts_hf
+from pts_hf.losses import extract_output
 from pts_hf.targets import discover_targets, supported_layer_types
 from tests.tiny_models import TINY_MODELS, small_cnn
 
@@ -31,10 +32,14 @@ def test_discovery_on_tiny_models(name):
     total = sum(t.numel for t in targets)
     assert abs(zeros - round(0.6 * total)) <= 1
     assert result.global_sparsity == pytest.approx(0.6, abs=1e-4)
-    with torch.no_grad():
+    with torch.no_grad():  # the sparse model runs; its output is finite and no longer the dense one
         result.model.eval()
+        model.eval()
         out = result.model(**batch) if isinstance(batch, dict) else result.model(batch)
-    assert out is not None
+        dense = model(**batch) if isinstance(batch, dict) else model(batch)
+    sparse_out, dense_out = extract_output(out)[0], extract_output(dense)[0]
+    assert sparse_out.shape == dense_out.shape and torch.isfinite(sparse_out).all()
+    assert not torch.allclose(sparse_out, dense_out)
 
 
 def test_gpt2_conv1d_is_found():

@@ -3,8 +3,7 @@ import json
 import pytest
 import torch
 
-from pts_hf.api import measure_sparsity
-from pts_hf.targets import discover_targets
+from pts_hf.targets import discover_targets, measure_sparsity
 from tests.tiny_models import TINY_MODELS
 
 
@@ -34,7 +33,7 @@ def test_trainer_run_reaches_exact_target_and_checkpoints_reload_sparse(name, tm
     cb = PTSCallback("fcpts", sparsity=0.8, threshold_lr=0.05)
     trainer = Trainer(model=model, args=args, train_dataset=_dataset(name), callbacks=[cb])
     # thresholds are model parameters before the optimizer exists, so the Trainer's optimizer holds them
-    names = [k for k, _ in model.named_parameters() if k.endswith("threshold")]
+    names = [k for k, _ in model.named_parameters() if k.endswith("theta")]
     assert len(names) == len(cb.sparsifier.groups)
     cb_threshold = float(cb.sparsifier.parametrization_of(cb.sparsifier.groups[-1]).value().detach())
     trainer.train()
@@ -44,7 +43,7 @@ def test_trainer_run_reaches_exact_target_and_checkpoints_reload_sparse(name, tm
         total += t.numel
     assert total == n and zeros == round(0.8 * n)
     assert not any("parametrizations" in k for k in model.state_dict())
-    assert type(model).forward is not None and "forward" not in vars(model)
+    assert "forward" not in vars(model) and not model._forward_hooks  # the distillation hook is gone
     assert len(cb.history) == 6 and {"rec", "control", "sparsity"} <= set(cb.history[-1])
     assert cb_threshold > 0
 
@@ -120,7 +119,7 @@ def test_readme_trainer_snippet_verbatim_with_default_arguments(kind, name, tmp_
     assert abs(measure_sparsity(discover_targets(auto))[1] - 0.8) < 0.05
 
 
-def test_callback_forward_keeps_signature_while_training():
+def test_callback_hook_keeps_forward_and_adds_the_distillation_loss():
     import inspect
 
     from pts_hf.integrations.trainer import PTSCallback
@@ -133,6 +132,20 @@ def test_callback_forward_keeps_signature_while_training():
         learning_rate = 1e-4
 
     cb.on_init_end(Args(), None, None, model=model)
-    assert "forward" in vars(model)
+    assert "forward" not in vars(model) and len(model._forward_hooks) == 1  # a hook, not a patched forward
     assert inspect.signature(model.forward) == before
-    assert "input_ids" in inspect.signature(model.forward).parameters
+    # while training, the output's loss is the distillation loss (the model itself returns none without labels)
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    model.train()
+    out = model(input_ids=ids)
+    assert out["loss"].requires_grad and len(cb.history) == 1 and {"rec", "control"} <= set(cb.history[0])
+    model.eval()
+    assert model(input_ids=ids).get("loss") is None and len(cb.history) == 1
+
+
+def test_callback_refuses_options_the_trainer_decides():
+    from pts_hf.integrations.trainer import PTSCallback
+
+    for option in ({"mixed_precision": "bf16"}, {"gradient_accumulation_steps": 2}, {"steps": 10}):
+        with pytest.raises(ValueError, match="TrainingArguments"):
+            PTSCallback("fcpts", sparsity=0.5, **option)

@@ -1,9 +1,10 @@
-"""Saving and loading sparse checkpoints.
+"""Saving and loading sparse checkpoints, in any registered format (:mod:`pts_hf.checkpoint.formats`).
 
-``format="dense"``: the model's normal files (``save_pretrained`` for transformers models, ``model.safetensors``
-otherwise) with the zeros in place, so plain ``from_pretrained`` loads them without pts_hf. ``format="bitmask"``:
-every ≥2-D weight with ≤ 90% non-zeros is stored compressed (see :mod:`pts_hf.checkpoint.bitmask`); HF configs
-get ``quantization_config = {"quant_method": "pts_hf_bitmask"}``. Both carry ``sparsity_config.json``.
+The model's normal files are written first (``save_pretrained`` for transformers models, ``model.safetensors``
+otherwise), then each safetensors file is re-encoded by the format, and ``sparsity_config.json`` (the run
+record, :mod:`pts_hf.record`) is added. ``format="dense"`` leaves the files as they are, so plain
+``from_pretrained`` loads them without pts_hf. A format with a ``quant_method`` marks transformers configs with
+``quantization_config`` so the transformers plugin can restore them.
 
 Writes go to a temporary folder first and each file is moved into place with an atomic rename. Nothing is ever
 unpickled: weights are read with safetensors only.
@@ -12,6 +13,7 @@ unpickled: weights are read with safetensors only.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,16 +23,18 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pts_hf.checkpoint.bitmask import BITMASK_SUFFIX, SHAPE_SUFFIX, is_worth_compressing, pack, unpack
+from pts_hf.checkpoint.formats import FORMAT_META_KEY, CheckpointFormat, format_of_file, get_format
+from pts_hf.checkpoint.formats.bitmask import BITMASK_QUANT_METHOD
 from pts_hf.checkpoint.output import staged_output
 from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar, read_sidecar, validate_sidecar
+from pts_hf.record import RunRecord, measure_layers
 
-__all__ = ["BITMASK_QUANT_METHOD", "load_sparse", "read_safetensors", "resolve_folder", "save_sparse",
-           "write_text_atomic"]
+__all__ = ["BITMASK_QUANT_METHOD", "RECORD_ATTR", "finish_checkpoint", "fold_parametrizations", "load_sparse",
+           "read_safetensors", "record_of", "resolve_folder", "save_sparse", "write_checkpoint", "write_text_atomic"]
 
-BITMASK_QUANT_METHOD = "pts_hf_bitmask"
-FORMATS = ("dense", "bitmask")
+RECORD_ATTR = "pts_sparsity_record"  # the RunRecord a squashed / loaded model carries
 _INDEX = "model.safetensors.index.json"
+_ORIGINAL = re.compile(r"^(?P<prefix>.*)\.parametrizations\.(?P<tensor>[^.]+)\.original$")
 
 
 def _is_hf(model: nn.Module) -> bool:
@@ -62,79 +66,128 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise ValueError(f"{path}: truncated or corrupted safetensors file ({type(e).__name__}: {e})") from e
 
 
-def _compress_file(path: Path) -> dict[str, str]:
-    """Rewrite one safetensors file in the bitmask format; returns {new key: file name} for the index."""
-    from safetensors.torch import save_file
-
-    tensors, meta = read_safetensors(path)
-    out: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
-        out.update(pack(name, t) if is_worth_compressing(t) else {name: t.contiguous()})
-    save_file(out, str(path), metadata={**meta, "format": "pt", "pts_hf_format": "bitmask"})
-    return {k: path.name for k in out}
-
-
-def _decompress(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, t in tensors.items():
-        if name.endswith((BITMASK_SUFFIX, SHAPE_SUFFIX)):
-            continue
-        mask = tensors.get(name + BITMASK_SUFFIX)
-        shape = tensors.get(name + SHAPE_SUFFIX)
-        if mask is not None and shape is not None:
-            out[name] = unpack(name, t, mask, shape, source)
-        elif (mask is None) != (shape is None):
-            raise ValueError(f"{source}: {name} has only one of {BITMASK_SUFFIX} / {SHAPE_SUFFIX}")
-        else:
-            out[name] = t
-    return out
-
-
-def save_sparse(model: nn.Module, save_directory: str | Path, format: str = "dense", *, result: Any = None,
-                metrics: dict[str, float] | None = None) -> Path:
-    """Save a squashed sparse model with its ``sparsity_config.json`` sidecar (see module docstring)."""
-    from pts_hf.api import measure_sparsity
+def record_of(model: nn.Module) -> RunRecord:
+    """What ``model``'s sparse weights are, measured now: the layers of the record it carries (set by
+    ``squash_mask``, :func:`pts_hf.sparsify` and :func:`load_sparse`), or, for a model pts_hf never touched, the
+    layers default discovery finds."""
     from pts_hf.targets import discover_targets
 
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    carried = getattr(model, RECORD_ATTR, None)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if isinstance(carried, RunRecord) and all(k in params for k in carried.layers):
+        layers, global_s = measure_layers({k: params[k] for k in carried.layers})
+        for k, v in layers.items():
+            v.extras = dict(carried.layers[k].extras)
+        return RunRecord(carried.method, carried.config, carried.target_sparsity, global_s, layers,
+                         carried.seconds, carried.calibration, dict(carried.extras), list(carried.history),
+                         dict(carried.metrics))
+    return RunRecord.measure({t.tensor_fqn: t.weight for t in discover_targets(model)})
+
+
+def _encode_folder(folder: Path, fmt: CheckpointFormat) -> None:
+    """Re-encode every safetensors file of ``folder`` in ``fmt`` (identity for dense)."""
+    from safetensors.torch import save_file
+
+    if type(fmt).encode is CheckpointFormat.encode:
+        return
+    weight_map: dict[str, str] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors, meta = read_safetensors(f)
+        out = fmt.encode(tensors)
+        save_file(out, str(f), metadata={**meta, "format": "pt", FORMAT_META_KEY: fmt.name})
+        weight_map.update({k: f.name for k in out})
+    if (folder / _INDEX).is_file():
+        index = json.loads((folder / _INDEX).read_text())
+        index["weight_map"] = weight_map
+        (folder / _INDEX).write_text(json.dumps(index, indent=2))
+    if fmt.quant_method and (folder / "config.json").is_file():
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["quantization_config"] = {"quant_method": fmt.quant_method, "format_version": 1}
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def write_checkpoint(model: nn.Module, folder: Path, format: str = "dense", *, record: RunRecord | None = None,
+                     metrics: dict[str, float] | None = None) -> None:
+    """Write a squashed sparse model into an existing (staging) folder: weights in ``format`` and the sidecar.
+    The one writer behind :func:`save_sparse`, the CLI's ``--output`` and the Trainer callback."""
+    fmt = get_format(format)
     live = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
     if live:
         raise ValueError(f"{type(model).__name__} still has live parametrizations ({live[:3]}...); call the "
                          "sparsifier's squash_mask() before saving")
-    if result is not None:
-        layer_sparsity, layer_numel, global_s = result.layer_sparsity, result.layer_numel, result.global_sparsity
+    record = record if record is not None else record_of(model)
+    if _is_hf(model):
+        model.save_pretrained(folder)
     else:
-        targets = discover_targets(model)
-        layer_sparsity, global_s = measure_sparsity(targets)
-        layer_numel = {t.tensor_fqn: t.numel for t in targets}
-    side = make_sidecar(format, layer_sparsity, layer_numel, global_s, result, metrics)
+        from safetensors.torch import save_model
 
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _encode_folder(folder, fmt)
+    (folder / SIDECAR_NAME).write_text(json.dumps(make_sidecar(fmt.name, record, metrics), indent=2) + "\n")
+
+
+def finish_checkpoint(folder: Path, record: RunRecord, format: str = "dense") -> None:
+    """Make a folder someone else saved (the Trainer's ``checkpoint-N``, ``save_pretrained`` of a model in
+    training) a pts_hf checkpoint: weights saved with live masks folded, files in ``format``, the sidecar."""
+    fold_parametrizations(folder)
+    _encode_folder(folder, get_format(format))
+    write_text_atomic(folder / SIDECAR_NAME, json.dumps(make_sidecar(format, record), indent=2) + "\n")
+
+
+def fold_parametrizations(folder: str | Path) -> int:
+    """Rewrite the safetensors files of a checkpoint saved while masks were live: ``X.parametrizations.weight
+    .original`` → ``X.weight`` (masked as the parametrization saved beside it says), other ``parametrizations``
+    entries dropped. Works on the names as saved (transformers may rename on save). Returns tensors rewritten."""
+    from safetensors.torch import save_file
+
+    from pts_hf.parametrize import mask_from_saved
+
+    folder = Path(folder)
+    rewritten = 0
+    weight_map: dict[str, str] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors, meta = read_safetensors(f)
+        out = {}
+        for name, t in tensors.items():
+            m = _ORIGINAL.match(name)
+            if m:
+                prefix = f"{m['prefix']}.parametrizations.{m['tensor']}.0."
+                state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                try:
+                    mask = mask_from_saved(state, t)
+                except ValueError as e:
+                    raise ValueError(f"{f}: {name}: {e}") from e
+                out[f"{m['prefix']}.{m['tensor']}"] = (t * mask.to(t.dtype)).contiguous()
+                rewritten += 1
+            elif ".parametrizations." not in name:
+                out[name] = t.contiguous()
+        if rewritten:
+            tmp = f.with_name(f.name + ".tmp")
+            save_file(out, str(tmp), metadata=meta or {"format": "pt"})
+            tmp.replace(f)
+        weight_map.update({k: f.name for k in out})
+    index = folder / _INDEX
+    if rewritten and index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = weight_map
+        index.write_text(json.dumps(data, indent=2))
+    return rewritten
+
+
+def save_sparse(model: nn.Module, save_directory: str | Path, format: str = "dense", *,
+                record: RunRecord | None = None, metrics: dict[str, float] | None = None) -> Path:
+    """Save a squashed sparse model with its ``sparsity_config.json`` sidecar (see module docstring).
+
+    ``record`` defaults to what the model carries (:func:`record_of`): the layers that were actually
+    sparsified, whatever ``targets`` / ``ignore`` chose."""
+    get_format(format)
     out = Path(save_directory)
     if out.exists() and not out.is_dir():
         raise ValueError(f"save_directory {str(out)!r} exists and is not a folder")
     # files go to a temporary folder, then into place; on a failure the folder keeps what it held before and no
     # folder created here stays behind
     with staged_output(out) as tmp:
-        if _is_hf(model):
-            model.save_pretrained(tmp)
-        else:
-            from safetensors.torch import save_model
-
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if format == "bitmask":
-            weight_map: dict[str, str] = {}
-            for f in sorted(tmp.glob("*.safetensors")):
-                weight_map.update(_compress_file(f))
-            if (tmp / _INDEX).is_file():
-                index = json.loads((tmp / _INDEX).read_text())
-                index["weight_map"] = weight_map
-                (tmp / _INDEX).write_text(json.dumps(index, indent=2))
-            if (tmp / "config.json").is_file():
-                cfg = json.loads((tmp / "config.json").read_text())
-                cfg["quantization_config"] = {"quant_method": BITMASK_QUANT_METHOD, "format_version": 1}
-                (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        (tmp / SIDECAR_NAME).write_text(json.dumps(side, indent=2) + "\n")
+        write_checkpoint(model, tmp, format, record=record, metrics=metrics)
     return out
 
 
@@ -155,17 +208,17 @@ def resolve_folder(path_or_repo_id: str | Path, revision: str | None = None, tok
 
 
 def _read_all(folder: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Every tensor of the folder, decoded; and whether any file was in an encoded (non-dense) format."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors weights")
-    state, compressed = {}, False
+    state, encoded = {}, False
     for f in files:
         tensors, meta = read_safetensors(f)
-        if meta.get("pts_hf_format") == "bitmask" or any(k.endswith(BITMASK_SUFFIX) for k in tensors):
-            compressed = True
-            tensors = _decompress(tensors, str(f))
-        state.update(tensors)
-    return state, compressed
+        fmt = format_of_file(tensors, meta)
+        encoded = encoded or fmt.name != "dense"
+        state.update(fmt.decode(tensors, str(f)))
+    return state, encoded
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -246,4 +299,6 @@ def load_sparse(path_or_repo_id: str | Path, model: nn.Module | None = None, *, 
     if side is not None:
         validate_sidecar(side, model, folder)
     model.pts_sparsity_config = side
+    if side is not None:
+        setattr(model, RECORD_ATTR, RunRecord.from_dict(side))
     return model

@@ -9,32 +9,20 @@ from typing import Any
 
 from torch import nn
 
-from pts_hf.version import CONFIG_VERSION, __version__
+from pts_hf.record import RunRecord
+from pts_hf.version import CONFIG_VERSION
 
 __all__ = ["SIDECAR_NAME", "make_sidecar", "read_sidecar", "validate_sidecar"]
 
 SIDECAR_NAME = "sparsity_config.json"
-_KNOWN_KEYS = {"pts_hf_version", "format_version", "format", "method", "config", "target_sparsity",
-               "global_sparsity", "layers", "calibration", "metrics"}
+_KNOWN_KEYS = RunRecord.known_keys() | {"format"}
 
 
-def make_sidecar(fmt: str, layer_sparsity: dict[str, float], layer_numel: dict[str, int], global_sparsity: float,
-                 result: Any = None, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-    layers: dict[str, dict[str, Any]] = {k: {"sparsity": v, "numel": layer_numel[k]} for k, v in layer_sparsity.items()}
-    side: dict[str, Any] = {"pts_hf_version": __version__, "format_version": CONFIG_VERSION, "format": fmt,
-                            "method": None, "config": None, "target_sparsity": None,
-                            "global_sparsity": global_sparsity, "layers": layers, "calibration": None}
-    if result is not None:
-        thresholds = result.details.get("thresholds", {})
-        for k, v in thresholds.items():
-            if k in layers:
-                layers[k]["threshold"] = v
-        side.update(method=result.method, config=result.config.to_dict(), target_sparsity=result.target_sparsity,
-                    calibration={"samples": result.details.get("calibration_samples"),
-                                 "batches": result.details.get("calibration_batches"),
-                                 "seed": result.config.seed})
+def make_sidecar(fmt: str, record: RunRecord, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """``sparsity_config.json``: the run record (without the step history) and the format it is stored in."""
+    side = {**record.to_dict(history=False), "format": fmt}
     if metrics:
-        side["metrics"] = dict(metrics)
+        side["metrics"] = {**side.get("metrics", {}), **metrics}
     return side
 
 

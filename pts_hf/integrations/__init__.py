@@ -1,2 +1,2 @@
-"""Integrations with other libraries. Nothing here is imported by ``import pts_hf`` except the post-import hook
-that registers the transformers plugin once transformers itself is imported."""
+"""Integrations with other libraries (transformers' Trainer and ``from_pretrained``). Nothing here is imported by
+``import pts_hf``; the transformers plugin is registered by calling ``pts_hf.register_transformers_plugin()``."""

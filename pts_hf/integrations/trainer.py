@@ -2,215 +2,153 @@
 
     from pts_hf.integrations.trainer import PTSCallback
     trainer = Trainer(model=model, args=args, train_dataset=calib, callbacks=[PTSCallback("fcpts", sparsity=0.8)])
-    trainer.train()          # ends with the exact projection and squashed masks
+    trainer.train()          # ends with the method's finalize (FCPTS: exact projection) and squashed masks
     trainer.save_model(out)  # plain from_pretrained loads the sparse weights
 
-How it hooks in (callbacks cannot change the Trainer's optimizer or loss):
+The callback is a thin caller of the distilling protocol (:class:`~pts_hf.sparsifiers.distilling.
+DistillingSparsifier`); the Trainer is the loop, so the callback owns the teacher:
 
-* ``on_init_end`` (before the Trainer builds its optimizer) prepares the sparsifier on the model, so the
-  thresholds are ordinary model parameters the optimizer picks up; their ``gain`` is set so that the Trainer's
-  learning rate moves them at ``threshold_lr`` (Adam-type optimizers). A frozen dense copy becomes the teacher.
-* The model's ``forward`` is wrapped (keeping its signature, so the Trainer's ``remove_unused_columns`` keeps the
-  model's inputs): in training mode it also runs the teacher and returns
-  ``loss = distillation + control (+ label_loss_weight · the model's own loss when labels are given)``; labels are
-  optional.
-* ``on_step_end`` calls the sparsifier's ``step()``; ``on_save`` rewrites each checkpoint the Trainer writes so its
-  weights are the current sparse ones (no ``parametrizations.*`` keys) and adds ``sparsity_config.json``;
-  ``on_train_end`` projects onto the exact target, squashes the masks and unwraps ``forward``; from then on the
-  model's ``save_pretrained`` (so ``trainer.save_model``) also writes ``sparsity_config.json``.
+* ``on_init_end`` (before the Trainer builds its optimizer): a frozen dense copy becomes the teacher, then
+  ``prepare`` attaches the masks, so the method's own parameters (thresholds) are model parameters the Trainer's
+  optimizer picks up; ``scale_extra_lr(learning_rate)`` makes them move at their configured rate.
+* A forward hook on the model (the model's ``forward`` itself is untouched, so ``remove_unused_columns`` keeps its
+  inputs) runs the teacher on the same inputs while training and puts ``compute_loss`` (``+ label_loss_weight ·``
+  the model's own loss when labels are given) into the output's ``loss``; it is removed at the end.
+* ``on_step_end`` calls ``step()``; ``on_save`` makes each ``checkpoint-N`` the Trainer writes a pts_hf checkpoint
+  (:func:`pts_hf.checkpoint.io.finish_checkpoint`: current sparse weights, ``format``, sidecar);
+  ``on_train_end`` calls ``finalize()`` and ``squash_mask()``; from then on the model's ``save_pretrained`` (so
+  ``trainer.save_model``) writes the same way.
 
-Tested with ``gradient_accumulation_steps=1``.
+Options the Trainer owns are set on ``TrainingArguments`` (``learning_rate``, ``fp16``/``bf16``,
+``gradient_accumulation_steps``, ``max_steps``, …): the method options that would duplicate them are refused.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from pts_hf.checkpoint.io import read_safetensors, write_text_atomic
-from pts_hf.checkpoint.sidecar import SIDECAR_NAME, make_sidecar
+from pts_hf.checkpoint.io import RECORD_ATTR, finish_checkpoint, record_of
+from pts_hf.distillation import dense_copy
 from pts_hf.sparsifiers import get_sparsifier_class
+from pts_hf.sparsifiers.distilling import DistillingSparsifier
 
-__all__ = ["PTSCallback", "clean_checkpoint"]
+__all__ = ["PTSCallback"]
 
-_ORIGINAL = re.compile(r"^(?P<prefix>.*)\.parametrizations\.(?P<tensor>[^.]+)\.original$")
-
-
-def _mask_from_saved(tensors: dict[str, torch.Tensor], prefix: str, tensor: str, weight: torch.Tensor) -> torch.Tensor:
-    p = f"{prefix}.parametrizations.{tensor}.0."
-    for key in ("frozen_mask", "mask"):
-        if p + key in tensors:
-            return tensors[p + key].bool()
-    scale, threshold, gain = tensors[p + "scale"], tensors[p + "threshold"], tensors.get(p + "gain", torch.ones(()))
-    return (weight.float() / scale.float()).abs() > float(threshold) * float(gain)
-
-
-def clean_checkpoint(folder: str | Path) -> int:
-    """Rewrite the safetensors files of a checkpoint saved while masks were live: ``X.parametrizations.weight
-    .original`` → ``X.weight`` (masked), other ``parametrizations`` entries dropped. Returns tensors rewritten."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    rewritten = 0
-    weight_map: dict[str, str] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        tensors, meta = read_safetensors(f)
-        out = {}
-        for name, t in tensors.items():
-            m = _ORIGINAL.match(name)
-            if m:
-                mask = _mask_from_saved(tensors, m["prefix"], m["tensor"], t)
-                out[f"{m['prefix']}.{m['tensor']}"] = (t * mask.to(t.dtype)).contiguous()
-                rewritten += 1
-            elif ".parametrizations." not in name:
-                out[name] = t.contiguous()
-        if rewritten:
-            tmp = f.with_name(f.name + ".tmp")
-            save_file(out, str(tmp), metadata=meta or {"format": "pt"})
-            tmp.replace(f)
-        weight_map.update({k: f.name for k in out})
-    index = folder / "model.safetensors.index.json"
-    if rewritten and index.is_file():
-        data = json.loads(index.read_text())
-        data["weight_map"] = weight_map
-        index.write_text(json.dumps(data, indent=2))
-    return rewritten
+# DistillationConfig fields the Trainer decides (or the callback cannot do); setting them here would do nothing
+_TRAINER_OWNED = {"steps": "set TrainingArguments(max_steps=...)", "lr": "set TrainingArguments(learning_rate=...)",
+                  "optimizer": "set TrainingArguments(optim=...)", "weight_decay": "set TrainingArguments("
+                  "weight_decay=...)", "warmup_steps": "set TrainingArguments(warmup_steps=...)",
+                  "max_grad_norm": "set TrainingArguments(max_grad_norm=...)",
+                  "mixed_precision": "set TrainingArguments(fp16=True / bf16=True)",
+                  "gradient_accumulation_steps": "set TrainingArguments(gradient_accumulation_steps=...)",
+                  "augment": "augment in your dataset's transform",
+                  "train_weights": "freeze weights with requires_grad_(False) before building the Trainer",
+                  "student_bn": "the Trainer trains in train mode", "teacher_mode": "the teacher runs in eval mode",
+                  "bn_recalibration": "call pts_hf.calibration.recalibrate_batchnorm(model, data) after training"}
 
 
 class PTSCallback(TrainerCallback):
     """Post-training sparsity inside ``transformers.Trainer``.
 
     Args:
-        method: a method with a training loss (``"fcpts"`` or ``"unipts"``).
+        method: a distilling method (``"fcpts"`` or ``"unipts"``).
         sparsity: global target.
         label_loss_weight: weight of the model's own loss when batches carry labels (0 = pure distillation).
+        format: on-disk format of the checkpoints (a name in ``pts_hf.checkpoint.FORMATS``).
         **options: the method's options (e.g. ``threshold_lr``, ``temperature``, ``targets``, ``ignore``).
     """
 
     def __init__(self, method: str = "fcpts", sparsity: float = 0.5, label_loss_weight: float = 0.0,
-                 **options: Any):
+                 format: str = "dense", **options: Any):
+        from pts_hf.checkpoint.formats import get_format
+
         cls = get_sparsifier_class(method)
-        if not hasattr(cls, "compute_loss"):
+        if not issubclass(cls, DistillingSparsifier):
             raise ValueError(f"method {method!r} has no training loss; use pts_hf.sparsify(..., method={method!r})")
-        self.sparsifier = cls(sparsity=sparsity, **options)
+        owned = sorted(set(options) & set(_TRAINER_OWNED))
+        if owned:
+            raise ValueError(f"PTSCallback does not take {owned}: " + "; ".join(f"{k}: {_TRAINER_OWNED[k]}"
+                                                                               for k in owned))
+        get_format(format)
+        self.sparsifier: DistillingSparsifier = cls(sparsity=sparsity, bn_recalibration=False, **options)
         self.sparsifier.show_progress = False  # the Trainer shows its own
         self.label_loss_weight = float(label_loss_weight)
+        self.format = format
         self.model: Any = None
         self.teacher: Any = None
-        self._state: Any = None
         self.history: list[dict[str, float]] = []
+        self._epoch = 0.0
+        self._hook: Any = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is None:
             raise ValueError("PTSCallback needs the Trainer's model")
-        self.model, self._state = model, state
+        self.model = model
+        self.teacher = dense_copy(model)
         sp = self.sparsifier
         sp.prepare(model)
-        self.teacher = sp.teacher if getattr(sp, "teacher", None) is not None else \
-            copy.deepcopy(model).eval().requires_grad_(False)
-        threshold_lr = getattr(sp.options, "threshold_lr", None)
-        if threshold_lr and args.learning_rate > 0:
-            for g in sp.groups:
-                p = sp.parametrization_of(g)
-                if hasattr(p, "set_gain"):
-                    p.set_gain(threshold_lr / args.learning_rate)
+        sp.scale_extra_lr(args.learning_rate)
         sp.step()
-        self._wrap_forward(model)
+        self._hook = model.register_forward_hook(self._distillation_hook, with_kwargs=True)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epoch = float(state.epoch or 0.0)
         self.sparsifier.step()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not args.should_save:
-            return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            clean_checkpoint(folder)
-            write_text_atomic(folder / SIDECAR_NAME, json.dumps(self._sidecar(), indent=2) + "\n")
+        if args.should_save and folder.is_dir():
+            sp = self.sparsifier
+            finish_checkpoint(folder, sp.run_record(history=list(self.history)), self.format)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._unwrap_forward()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         sp = self.sparsifier
-        if hasattr(sp, "project") and getattr(sp.options, "exact", True):
-            sp.project()
-        else:
-            sp.step()
+        outcome = sp.finalize()
+        outcome.history = list(self.history)
         sp.squash_mask()
         self.teacher = None
-        if hasattr(sp, "teacher"):
-            sp.teacher = None
-        if self.model is not None:
-            self._attach_sidecar(self.model)
+        setattr(self.model, RECORD_ATTR, sp.run_record(outcome))
+        self._save_as_pts_checkpoint(self.model)
 
     # --- saving -----------------------------------------------------------------------------------------------
-    def _sidecar(self) -> dict[str, Any]:
-        sp = self.sparsifier
-        ls = sp.layer_sparsity()
-        numel = {g["tensor_fqn"]: g["numel"] for g in sp.groups}
-        n = sum(numel.values())
-        global_s = sum(ls[k] * numel[k] for k in numel) / n if n else 0.0
-        side = make_sidecar("dense", ls, numel, global_s)
-        side.update(method=sp.method, config=sp.options.to_dict(), target_sparsity=sp.options.sparsity)
-        return side
-
-    def _attach_sidecar(self, model: Any) -> None:
-        """After training, ``model.save_pretrained`` (which ``trainer.save_model`` calls) also writes
-        ``sparsity_config.json``, as the intermediate checkpoints do. The sidecar is ``model.pts_sparsity_config``
-        (as :func:`pts_hf.load_sparse` sets it)."""
-        side = self._sidecar()
-        model.pts_sparsity_config = side
+    def _save_as_pts_checkpoint(self, model: Any) -> None:
+        """After training, ``model.save_pretrained`` (which ``trainer.save_model`` calls) writes what the
+        intermediate checkpoints hold: ``format`` and ``sparsity_config.json`` from the record."""
         original = getattr(model, "save_pretrained", None)
-        if original is None or getattr(original, "_pts_sidecar", False):
+        if original is None or getattr(original, "_pts_checkpoint", False):
             return
+        fmt = self.format
 
         @functools.wraps(original)
         def save_pretrained(save_directory: Any, *args: Any, **kwargs: Any) -> Any:
             out = original(save_directory, *args, **kwargs)
             if kwargs.get("is_main_process", True):
-                folder = Path(save_directory)
-                folder.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(folder / SIDECAR_NAME, json.dumps(model.pts_sparsity_config, indent=2) + "\n")
+                finish_checkpoint(Path(save_directory), record_of(model), fmt)
             return out
 
-        save_pretrained._pts_sidecar = True  # type: ignore[attr-defined]
+        save_pretrained._pts_checkpoint = True  # type: ignore[attr-defined]
         model.save_pretrained = save_pretrained
 
     # --- the loss ---------------------------------------------------------------------------------------------
-    def _wrap_forward(self, model: Any) -> None:
-        original = model.forward
-        callback = self
-
-        @functools.wraps(original)  # keeps the signature: the Trainer keeps the columns the model's forward takes
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            if not model.training:
-                return out
-            teacher_kwargs = {k: v for k, v in kwargs.items() if k not in ("labels", "num_items_in_batch")}
-            with torch.no_grad():
-                teacher_out = callback.teacher(*args, **teacher_kwargs)
-            st = callback._state
-            progress = st.global_step / st.max_steps if st is not None and st.max_steps else 0.0
-            epoch = float(st.epoch or 0.0) if st is not None else 0.0
-            loss, logs = callback.sparsifier.compute_loss(out, teacher_out, progress=progress, epoch=epoch)
-            own = out.get("loss") if hasattr(out, "get") else None
-            if own is not None and callback.label_loss_weight > 0:
-                loss = loss + callback.label_loss_weight * own
-            callback.history.append({"loss": float(loss.detach()), **logs})
-            out["loss"] = loss
-            return out
-
-        model._pts_original_forward = original
-        model.forward = forward
-
-    def _unwrap_forward(self) -> None:
-        if self.model is not None and hasattr(self.model, "_pts_original_forward"):
-            del self.model.forward
-            del self.model._pts_original_forward
+    def _distillation_hook(self, module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if not module.training:
+            return output
+        teacher_kwargs = {k: v for k, v in kwargs.items() if k not in ("labels", "num_items_in_batch")}
+        with torch.no_grad():
+            teacher_out = self.teacher(*args, **teacher_kwargs)
+        loss, logs = self.sparsifier.compute_loss(output, teacher_out, epoch=self._epoch)
+        own = output.get("loss") if hasattr(output, "get") else None
+        if own is not None and self.label_loss_weight > 0:
+            loss = loss + self.label_loss_weight * own
+        self.history.append({"loss": float(loss.detach()), **logs})
+        output["loss"] = loss
+        return output

@@ -16,7 +16,7 @@ from pts_hf.ops.allocation import (
     uniform,
 )
 from pts_hf.ops.kde import gaussian_kde, silverman_bandwidth, threshold_to_sparsity
-from pts_hf.ops.masks import magnitude_mask, mask_sparsity, topk_mask
+from pts_hf.ops.masks import magnitude_mask, topk_mask
 
 __all__ = [
     "ALLOCATIONS",
@@ -30,7 +30,6 @@ __all__ = [
     "lamp",
     "lamp_scores",
     "magnitude_mask",
-    "mask_sparsity",
     "silverman_bandwidth",
     "threshold_to_sparsity",
     "topk_mask",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["magnitude_mask", "mask_sparsity", "topk_mask"]
+__all__ = ["magnitude_mask", "topk_mask"]
 
 
 def topk_mask(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -31,8 +31,3 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float | None = None, n_zero: 
             raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
         n_zero = round(float(sparsity) * n)
     return topk_mask(weight.detach().abs(), n - int(n_zero))
-
-
-def mask_sparsity(mask: torch.Tensor) -> float:
-    """Fraction of zeros in a mask (bool or 0/1 float)."""
-    return 1.0 - float(mask.float().mean()) if mask.numel() else 0.0

@@ -1,8 +1,13 @@
-"""Sparsifier registry: one file per method plus one line in ``SPARSIFIERS``."""
+"""Sparsifier registry: one file per method plus one line in ``SPARSIFIERS``.
+
+Protocols a method file builds on: :class:`PTSSparsifier` (one-shot, e.g. magnitude), :class:`DistillingSparsifier`
+(trained against a dense teacher by :mod:`pts_hf.distillation`) and :class:`LayerwiseSparsifier` (block by block).
+"""
 
 from __future__ import annotations
 
 from pts_hf.sparsifiers.base import PTSSparsifier
+from pts_hf.sparsifiers.distilling import DistillingSparsifier
 from pts_hf.sparsifiers.fcpts import FCPTSConfig, FCPTSSparsifier
 from pts_hf.sparsifiers.fcpts_block import FCPTSBlockConfig, FCPTSBlockSparsifier
 from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier
@@ -14,6 +19,7 @@ from pts_hf.sparsifiers.wanda import WandaConfig, WandaSparsifier
 
 __all__ = [
     "SPARSIFIERS",
+    "DistillingSparsifier",
     "FCPTSBlockConfig",
     "FCPTSBlockSparsifier",
     "FCPTSConfig",

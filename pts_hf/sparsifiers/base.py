@@ -9,11 +9,18 @@ What differs from torch.ao's base:
   zeros is exact.
 * ``prepare`` twice replaces the masks instead of stacking them.
 * ``state_dict()`` carries masks and learned parameters (thresholds); ``load_state_dict`` restores them.
+* ``squash_mask()`` leaves a :class:`~pts_hf.record.RunRecord` of the squashed layers on the model
+  (``model.pts_sparsity_record``), so a later ``save_sparse`` describes what was sparsified.
+
+The method's options are ``sparsifier.method_config`` (a :class:`~pts_hf.config.SparsityConfig`); torch.ao's own
+``sparsifier.config`` stays what torch.ao makes it, the list of ``{"tensor_fqn": ...}`` entries. Two protocols
+build on this class: :class:`~pts_hf.sparsifiers.distilling.DistillingSparsifier` (trained against a dense
+teacher by :mod:`pts_hf.distillation`) and :class:`~pts_hf.sparsifiers.layerwise.LayerwiseSparsifier` (one-shot,
+block by block); one-shot methods such as magnitude derive from this class directly.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -28,6 +35,7 @@ from pts_hf.layers import GemmLayout, gemm_layout
 from pts_hf.ops.allocation import NEEDS_ACTIVATIONS, allocate, exact_counts
 from pts_hf.ops.nm import nm_mask
 from pts_hf.parametrize import PTSParametrization
+from pts_hf.record import MethodOutcome, RunRecord
 from pts_hf.targets import Target, discover_targets
 from pts_hf.version import CONFIG_VERSION
 
@@ -63,13 +71,12 @@ class PTSSparsifier(BaseSparsifier):
     """Base of every pts_hf sparsifier.
 
     Subclasses set ``method`` and ``config_class``, implement :meth:`make_parametrization` and
-    :meth:`update_mask`, and may override :meth:`calibrate` (the one-call API's data-driven phase).
+    :meth:`update_mask`, and may override :meth:`requires_data` and :meth:`calibrate` (the one-call API's
+    data-driven phase).
     """
 
     method: ClassVar[str] = ""
     config_class: ClassVar[type[SparsityConfig]] = SparsityConfig
-    needs_data: ClassVar[bool] = False
-    keeps_teacher: ClassVar[bool] = False  # distilling methods keep a frozen dense copy made by prepare()
 
     def __init__(self, config: SparsityConfig | None = None, **options: Any):
         if config is None:
@@ -78,10 +85,10 @@ class PTSSparsifier(BaseSparsifier):
             raise TypeError("pass either a config object or keyword options, not both")
         elif not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
-        self.options: SparsityConfig = config
+        self.method_config: SparsityConfig = config
         super().__init__(defaults={"sparsity_level": config.sparsity})
         self.model: nn.Module | None = None
-        self.teacher: nn.Module | None = None
+        self.run_checkpoint: Any = None  # a pts_hf.resume.RunCheckpoint when the run saves / resumes its state
         self._squashed = False
         self.final_layer_sparsity: dict[str, float] = {}
         self.show_progress: bool = True  # a UI setting, not a method option: pts_hf.sparsify(progress=...) sets it
@@ -89,13 +96,20 @@ class PTSSparsifier(BaseSparsifier):
         # pts_hf.sparsify from a calibration pass, or by the user before prepare().
         self.activation_scores: dict[str, torch.Tensor] | None = None
 
+    @property
+    def options(self) -> SparsityConfig:
+        """Deprecated name of :attr:`method_config`."""
+        warnings.warn("sparsifier.options is deprecated; use sparsifier.method_config (torch.ao's "
+                      "sparsifier.config is the tensor list)", DeprecationWarning, stacklevel=2)
+        return self.method_config
+
     # --- preparation ------------------------------------------------------------------------------------------
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
         raise NotImplementedError
 
     def _targets_from_config(self, model: nn.Module, config: list[Any] | None) -> list[tuple[Target, dict]]:
         if config is None:
-            targets = discover_targets(model, self.options.targets, self.options.ignore)
+            targets = discover_targets(model, self.method_config.targets, self.method_config.ignore)
             return [(t, {}) for t in targets]
         if not isinstance(config, (list, tuple)) or not config:
             raise ValueError("config must be a non-empty list of {'tensor_fqn': ...} dicts (or None to discover)")
@@ -120,11 +134,11 @@ class PTSSparsifier(BaseSparsifier):
         check_finite_weights(targets)
         for t in targets:
             self._drop_existing(t)
-        self._before_parametrize(model)
+        self._before_parametrize(model)  # the model is dense again here, just before the masks go on
         levels = self._allocate(targets, [extra.get("sparsity_level") for _, extra in pairs])
         self.model = model
         self.config = [{"tensor_fqn": t.tensor_fqn, **extra} for t, extra in pairs]
-        gen = torch.Generator().manual_seed(self.options.seed)
+        gen = torch.Generator().manual_seed(self.method_config.seed)
         for (t, extra), level in zip(pairs, levels):
             group = {**self.defaults, **extra, "tensor_fqn": t.tensor_fqn, "module": t.module,
                      "module_fqn": t.module_name, "tensor_name": t.tensor_name, "sparsity_level": float(level),
@@ -137,20 +151,7 @@ class PTSSparsifier(BaseSparsifier):
             self.groups.append(group)
 
     def _before_parametrize(self, model: nn.Module) -> None:
-        """Hook: the model is dense again here, just before the masks go on; distilling methods copy the
-        frozen dense teacher."""
-        if self.keeps_teacher:
-            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def _teacher_and_accelerator(self, accelerator: Any) -> tuple[nn.Module, Any]:
-        """The teacher made by ``prepare`` and an accelerator (a default one if none is given)."""
-        if self.teacher is None:
-            raise RuntimeError(f"{type(self).__name__} has no teacher: call prepare(model) first")
-        if accelerator is None:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator()
-        return self.teacher, accelerator
+        """Hook: reset per-run state before the masks go on."""
 
     @staticmethod
     def _drop_existing(t: Target) -> None:
@@ -172,27 +173,27 @@ class PTSSparsifier(BaseSparsifier):
                 raise ValueError(f"sparsity_level {lv!r} for {targets[i].tensor_fqn} is outside [0, 1]")
         if not free:
             return levels
-        if self.options.nm is not None:
+        if self.method_config.nm is not None:
             return self._allocate_nm(targets, levels, free)
         numels = [t.numel for t in targets]
         fixed_zeros = sum(levels[i] * numels[i] for i in range(len(targets)) if i not in free)
         free_n = sum(numels[i] for i in free)
-        rest = (self.options.sparsity * sum(numels) - fixed_zeros) / free_n
+        rest = (self.method_config.sparsity * sum(numels) - fixed_zeros) / free_n
         if not 0.0 <= rest < 1.0:
             raise ValueError(
-                f"global sparsity {self.options.sparsity} cannot be reached: the layers without an explicit "
+                f"global sparsity {self.method_config.sparsity} cannot be reached: the layers without an explicit "
                 f"sparsity_level would need {rest:.4f}"
             )
-        options = self.options.allocation_options()
-        if self.options.allocation in NEEDS_ACTIVATIONS:
+        options = self.method_config.allocation_options()
+        if self.method_config.allocation in NEEDS_ACTIVATIONS:
             options["activation_scores"] = self._activation_scores_for([targets[i] for i in free])
-        sub = allocate(self.options.allocation, [targets[i].weight for i in free], rest, **options)
+        sub = allocate(self.method_config.allocation, [targets[i].weight for i in free], rest, **options)
         for i, s in zip(free, sub):
             levels[i] = s
         return levels
 
     def _allocate_nm(self, targets: list[Target], levels: list[float], free: list[int]) -> list[float]:
-        n, m = self.options.nm
+        n, m = self.method_config.nm
         dense = []
         for i in free:
             layout = gemm_layout(targets[i].module, targets[i].weight)
@@ -210,7 +211,7 @@ class PTSSparsifier(BaseSparsifier):
         missing = [t.tensor_fqn for t in targets if t.tensor_fqn not in scores]
         if missing:
             raise ValueError(
-                f"allocation {self.options.allocation!r} needs activation statistics, missing for {missing[:3]}: "
+                f"allocation {self.method_config.allocation!r} needs activation statistics, missing for {missing[:3]}: "
                 "use pts_hf.sparsify(model, data, ...) or set sparsifier.activation_scores = "
                 "pts_hf.pipeline.activation_scores(model, targets, data) before prepare()"
             )
@@ -254,7 +255,7 @@ class PTSSparsifier(BaseSparsifier):
 
     def nm_for(self, group: dict[str, Any]) -> tuple[int, int] | None:
         """(N, M) when this group gets an N:M mask (structure set and the layer is eligible), else None."""
-        nm = self.options.nm
+        nm = self.method_config.nm
         if nm is None or group["sparsity_level"] == 0.0 or self.layout_of(group).columns % nm[1]:
             return None
         return nm
@@ -281,13 +282,20 @@ class PTSSparsifier(BaseSparsifier):
             out[g["tensor_fqn"]] = 1.0 - int(mask.sum()) / mask.numel()
         return out
 
+    @torch.no_grad()
+    def current_masks(self) -> dict[str, torch.Tensor]:
+        """The keep mask of every prepared tensor, as it is now."""
+        self._require_prepared()
+        return {g["tensor_fqn"]: self.parametrization_of(g).current_mask(self.original_of(g)).detach().clone()
+                for g in self.groups}
+
     def global_sparsity(self) -> float:
         ls = self.layer_sparsity()
         n = sum(g["numel"] for g in self.groups)
         return sum(ls[g["tensor_fqn"]] * g["numel"] for g in self.groups) / n if n else 0.0
 
     # --- torch.ao contract ------------------------------------------------------------------------------------
-    def step(self, use_path: bool = True) -> None:
+    def step(self) -> None:  # type: ignore[override]  # torch.ao's unused `use_path` dropped
         """Recompute masks; the global number of zeros is exactly round(Σ sparsity_level·N)."""
         self._require_prepared()
         if not self.enable_mask_update:
@@ -309,6 +317,21 @@ class PTSSparsifier(BaseSparsifier):
         super().squash_mask(params_to_keep, params_to_keep_per_layer, *args, **kwargs)
         self._restore_param_order()
         self._squashed = True
+        if self.model is not None:
+            from pts_hf.checkpoint.io import RECORD_ATTR
+
+            setattr(self.model, RECORD_ATTR, self.run_record())
+
+    def run_record(self, outcome: MethodOutcome | None = None, **kwargs: Any) -> RunRecord:
+        """The groups' weights as they are now, with this method and config, and ``outcome``'s numbers."""
+        if self._squashed:
+            weights = {g["tensor_fqn"]: getattr(g["module"], g["tensor_name"]) for g in self.groups}
+        else:
+            masks = self.current_masks()
+            weights = {g["tensor_fqn"]: self.original_of(g).detach() * masks[g["tensor_fqn"]] for g in self.groups}
+        record = RunRecord.measure(weights, method=self.method, config=self.method_config,
+                                   target_sparsity=self.method_config.sparsity, **kwargs)
+        return record.with_outcome(outcome) if outcome is not None else record
 
     def _restore_param_order(self) -> None:
         """Removing a parametrization re-registers the weight last; put parameters back in their original order
@@ -336,7 +359,7 @@ class PTSSparsifier(BaseSparsifier):
         groups = [{k: v for k, v in g.items() if k not in ("module", "module_fqn", "tensor_name")}
                   for g in self.groups]
         state = {g["tensor_fqn"]: self.parametrization_of(g).extra_state() for g in self.groups}
-        return {"state": state, "groups": groups, "options": self.options.to_dict(), "method": self.method,
+        return {"state": state, "groups": groups, "options": self.method_config.to_dict(), "method": self.method,
                 "version": CONFIG_VERSION}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
@@ -366,13 +389,13 @@ class PTSSparsifier(BaseSparsifier):
     # --- one-call API hook ------------------------------------------------------------------------------------
     def requires_data(self) -> bool:
         """Whether :meth:`calibrate` needs calibration data with these options."""
-        return self.needs_data
+        return False
 
-    def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> dict[str, Any]:
-        """The method's data-driven phase, between ``prepare`` and ``squash_mask``. Returns details for the
-        result object. Default: one ``step()``."""
+    def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> MethodOutcome:
+        """The method's data-driven phase, between ``prepare`` and ``squash_mask``; returns the method's numbers
+        for the run record. Default: one ``step()``."""
         self.step()
-        return {}
+        return MethodOutcome()
 
     def __repr__(self) -> str:
         n = sum(g["numel"] for g in self.groups)

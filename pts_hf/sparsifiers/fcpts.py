@@ -20,15 +20,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pts_hf.calibration import CalibrationData
 from pts_hf.config import DistillationConfig, help_field
 from pts_hf.losses import control_loss, reconstruction_loss
 from pts_hf.ops.allocation import exact_counts, exact_projection
 from pts_hf.ops.kde import resolve_bandwidth
 from pts_hf.ops.masks import topk_mask
 from pts_hf.parametrize import DynamicMask, PTSParametrization, ThresholdMask
+from pts_hf.record import MethodOutcome
 from pts_hf.sparsifiers.base import PTSSparsifier
-from pts_hf.training import finish_batchnorm, run_distillation
+from pts_hf.sparsifiers.distilling import DistillingSparsifier
 
 __all__ = ["FCPTSConfig", "FCPTSSparsifier"]
 
@@ -71,7 +71,10 @@ class FCPTSConfig(DistillationConfig):
             raise ValueError(f"projection must be 'margin' or 'proportional', got {self.projection!r}")
         if not isinstance(self.kde_samples, int) or self.kde_samples < 2:
             raise ValueError(f"kde_samples must be an integer ≥ 2, got {self.kde_samples!r}")
-        resolve_bandwidth(self.bandwidth, torch.randn(8))
+        if not self.exact and (self.fixed_mask_tail > 0 or self.projection != "margin"):
+            raise ValueError("fixed_mask_tail and projection shape the exact projection, which exact=False turns "
+                             "off; leave them at their defaults (0 and 'margin') or set exact=True")
+        resolve_bandwidth(self.bandwidth, torch.linspace(-1.0, 1.0, 8))  # checks the rule; no global RNG
 
 
 def _threshold_for(weight: torch.Tensor, scale: torch.Tensor, sparsity: float) -> float:
@@ -85,17 +88,18 @@ def _threshold_for(weight: torch.Tensor, scale: torch.Tensor, sparsity: float) -
     return float(z[k - 1] + z[k]) * 0.5
 
 
-class FCPTSSparsifier(PTSSparsifier):
+class FCPTSSparsifier(DistillingSparsifier):
     """FCPTS as a torch.ao-style sparsifier.
 
     In a user's own loop::
 
+        teacher = copy.deepcopy(model).eval()   # the frozen dense model (yours to keep)
         sp = FCPTSSparsifier(sparsity=0.9)
         sp.prepare(model)                       # thresholds initialised from the allocation (ERK default)
         opt = torch.optim.SGD([*weights], ...); topt = torch.optim.Adam(sp.extra_param_groups())
         for x in data:
             with torch.no_grad():
-                t = sp.teacher(x)
+                t = teacher(x)
             loss, logs = sp.compute_loss(model(x), t)
             loss.backward(); opt.step(); topt.step(); opt.zero_grad(); topt.zero_grad()
             sp.step()                           # keeps thresholds in their valid range
@@ -104,8 +108,6 @@ class FCPTSSparsifier(PTSSparsifier):
 
     method: ClassVar[str] = "fcpts"
     config_class: ClassVar[type[FCPTSConfig]] = FCPTSConfig
-    needs_data: ClassVar[bool] = True
-    keeps_teacher: ClassVar[bool] = True
     resume_attrs: ClassVar[tuple[str, ...]] = ("_step_count", "projected", "learned_before_projection")
 
     def __init__(self, config: FCPTSConfig | None = None, **options: Any):
@@ -122,7 +124,7 @@ class FCPTSSparsifier(PTSSparsifier):
         self._step_count = 0
 
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
-        o = self.options
+        o = self.method_config
         self.initial_layer_sparsity[group["tensor_fqn"]] = group["sparsity_level"]
         if o.nm is not None:  # N:M: weights train under |W|-chosen N:M masks recomputed each step (SR-STE)
             return DynamicMask(torch.ones_like(weight, dtype=torch.bool), NM_SRSTE_DECAY)
@@ -134,10 +136,18 @@ class FCPTSSparsifier(PTSSparsifier):
     def extra_param_groups(self) -> list[dict[str, Any]]:
         """The thresholds, as an optimizer parameter group (Adam, no weight decay)."""
         self._require_prepared()
-        if self.options.nm is not None:
+        if self.method_config.nm is not None:
             return []
-        params = [self.parametrization_of(g).threshold for g in self.groups]
-        return [{"params": params, "lr": self.options.threshold_lr, "weight_decay": 0.0}]
+        params = [self.parametrization_of(g).theta for g in self.groups]
+        return [{"params": params, "lr": self.method_config.threshold_lr, "weight_decay": 0.0}]
+
+    def scale_extra_lr(self, base_lr: float) -> None:
+        """Thresholds trained by an optimizer shared with the weights at ``base_lr`` move at ``threshold_lr``
+        (Adam-type optimizers) through the parametrization's gain."""
+        if base_lr <= 0 or self.method_config.nm is not None:
+            return
+        for g in self.groups:
+            self.parametrization_of(g).set_gain(self.method_config.threshold_lr / base_lr)
 
     # --- losses -----------------------------------------------------------------------------------------------
     def layer_sparsity_tensors(self) -> list[torch.Tensor]:
@@ -151,36 +161,36 @@ class FCPTSSparsifier(PTSSparsifier):
         loss = control_loss(rs, numels, self.target_sparsity())
         total = sum(numels)
         current = sum(float(r.detach()) * n for r, n in zip(rs, numels)) / total
-        return self.options.control_weight * loss, current
+        return self.method_config.control_weight * loss, current
 
     def reconstruction_loss(self, student_output: Any, teacher_output: Any) -> torch.Tensor:
-        o = self.options
+        o = self.method_config
         return reconstruction_loss(student_output, teacher_output, kind=o.reconstruction, temperature=o.temperature,
                                    loss_fn=o.loss_fn)
 
-    def compute_loss(self, student_output: Any, teacher_output: Any, progress: float = 0.0, epoch: float = 0.0
+    def compute_loss(self, student_output: Any, teacher_output: Any, epoch: float = 0.0
                      ) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction + control loss, and what to log."""
         rec = self.reconstruction_loss(student_output, teacher_output)
-        if self.options.nm is not None:  # the N:M pattern fixes the sparsity: no control loss
+        if self.method_config.nm is not None:  # the N:M pattern fixes the sparsity: no control loss
             return rec, {"rec": float(rec.detach()), "sparsity": self.target_sparsity()}
         ctrl, current = self.control_loss()
         return rec + ctrl.to(rec.device), {"rec": float(rec.detach()), "control": float(ctrl.detach()),
                                            "sparsity": current}
 
     # --- torch.ao contract ------------------------------------------------------------------------------------
-    def step(self, use_path: bool = True) -> None:
+    def step(self) -> None:
         """Clamp thresholds; with ``fixed_mask_tail`` > 0, project onto the exact target once the tail starts."""
-        super().step(use_path)
+        super().step()
         self._step_count += 1
-        o = self.options
+        o = self.method_config
         if o.exact and o.fixed_mask_tail > 0 and not self.projected and \
                 self._step_count >= round((1.0 - o.fixed_mask_tail) * o.steps):
             self.project()
 
     def update_mask(self, module: nn.Module, tensor_name: str, **kwargs: Any) -> None:
         """Keep the threshold inside [0, largest normalised magnitude); N:M: recompute the N:M mask from |W|."""
-        if self.options.nm is not None:
+        if self.method_config.nm is not None:
             mask = self.nm_magnitude_mask({"module": module, "tensor_name": tensor_name, **kwargs})
             for p in module.parametrizations[tensor_name]:
                 if isinstance(p, DynamicMask):
@@ -208,7 +218,7 @@ class FCPTSSparsifier(PTSSparsifier):
         """Pin masks that prune exactly ``round(sparsity·N)`` weights, ranked by |W|/scale − t across layers."""
         self._require_prepared()
         self.learned_before_projection = self.layer_sparsity()
-        if self.options.nm is not None:  # N:M masks are exact by construction: recompute them once more
+        if self.method_config.nm is not None:  # N:M masks are exact by construction: recompute them once more
             self.projected = True
             PTSSparsifier.step(self)  # the masks only, not this class's step counting (which calls project)
             return
@@ -218,7 +228,7 @@ class FCPTSSparsifier(PTSSparsifier):
             p = self.parametrization_of(g)
             margins.append(p.normalised(self.original_of(g)).abs() - p.value().detach().float())
         try:
-            if self.options.projection == "proportional":
+            if self.method_config.projection == "proportional":
                 masks = self._proportional_masks(margins, target)
             else:
                 masks = exact_projection(margins, target, min_keep=1)
@@ -244,24 +254,25 @@ class FCPTSSparsifier(PTSSparsifier):
     def squash_mask(self, *args: Any, **kwargs: Any) -> None:
         """Project onto the exact target (unless ``exact=False`` or already projected), then squash."""
         self._require_prepared()
-        if self.options.exact and not self.projected:
+        if self.method_config.exact and not self.projected:
             self.project()
         super().squash_mask(*args, **kwargs)
 
-    # --- one-call API -----------------------------------------------------------------------------------------
-    def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
-        teacher, accelerator = self._teacher_and_accelerator(accelerator)
+    # --- distilling protocol --------------------------------------------------------------------------------
+    def before_training(self, model: nn.Module, data: Any, teacher: nn.Module) -> MethodOutcome:
         self._check_reachable()
-        details = run_distillation(self, model, teacher, data, accelerator, self.options)
-        details["learned_layer_sparsity"] = self.learned_before_projection if self.projected else \
-            self.layer_sparsity()
-        details["initial_layer_sparsity"] = dict(self.initial_layer_sparsity)
-        details["thresholds"] = self.thresholds()
-        if self.options.exact and not self.projected:
+        return MethodOutcome()
+
+    def finalize(self) -> MethodOutcome:
+        """Record what was learned, then project onto the exact target (unless ``exact=False``)."""
+        out = MethodOutcome()
+        out.add_layer_values("initial_sparsity", dict(self.initial_layer_sparsity))
+        out.add_layer_values("learned_sparsity", self.learned_before_projection if self.projected else
+                             self.layer_sparsity())
+        out.add_layer_values("threshold", self.thresholds())
+        if self.method_config.exact and not self.projected:
             self.project()
-        details["bn_batches"] = finish_batchnorm(model, data, accelerator, self.options)
-        self.teacher = None  # free the dense copy
-        return details
+        return out
 
     def _check_reachable(self) -> None:
         n = sum(g["numel"] for g in self.groups)

@@ -30,6 +30,7 @@ from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats, Unit, run_pipeline
 from pts_hf.pipeline.reconstruct import block_error, micro_batches, reconstruct_block
 from pts_hf.pipeline.sequential import ReconstructFn
+from pts_hf.record import MethodOutcome
 from pts_hf.sparsifiers.layerwise import _DTYPES, LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 from pts_hf.targets import Target
 
@@ -136,11 +137,11 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
 
     @property
     def statistics(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({"hessian"}) if self.options.pruner == "sparsegpt" else frozenset({"sq_sum"})
+        return frozenset({"hessian"}) if self.method_config.pruner == "sparsegpt" else frozenset({"sq_sum"})
 
     # --- 1. budget --------------------------------------------------------------------------------------------
     def plan_counts(self, model: nn.Module, data: Any) -> None:
-        o = self.options
+        o = self.method_config
         self.budget_levels, self.reconstruction = {}, {}
         if o.budget == "none":
             return
@@ -191,7 +192,7 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
     def _block_curve(self, t: Target, stats: LayerStats, block: nn.Module, calls: list[Any],
                      targets: list[torch.Tensor], masks: list[torch.Tensor | None]) -> ErrorCurve:
         """Block-output error with only this layer pruned (Wanda masks) at each survey level."""
-        o = self.options
+        o = self.method_config
         group = next(g for g in self.groups if g["tensor_fqn"] == t.tensor_fqn)
         layout = self.layout_of(group)
         w = layout.to_gemm(self.original_of(group).detach())
@@ -212,7 +213,7 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
         return ErrorCurve(counts, values)
 
     def _curve(self, t: Target, stats: LayerStats) -> ErrorCurve:
-        o = self.options
+        o = self.method_config
         group = next(g for g in self.groups if g["tensor_fqn"] == t.tensor_fqn)
         w = self.layout_of(group).to_gemm(self.original_of(group).detach()).double()
         if o.budget == "obs":
@@ -226,13 +227,13 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
         return error_curve(sal, energy, cap=o.max_layer_sparsity)
 
     def _rebalance(self, unused: list[Target]) -> None:
-        if self.options.budget == "none":
+        if self.method_config.budget == "none":
             super()._rebalance(unused)  # the budget already gave unreached layers no zeros
 
     # --- 2. prune -----------------------------------------------------------------------------------------------
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
-        o = self.options
+        o = self.method_config
         if o.pruner == "sparsegpt" and stats is not None and stats.hessian is not None:
             w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
                                       o.blocksize, o.dampening)
@@ -243,7 +244,7 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
 
     # --- 3. reconstruct -----------------------------------------------------------------------------------------
     def block_reconstruction(self) -> ReconstructFn | None:
-        o = self.options
+        o = self.method_config
         if o.recon_steps == 0:
             return None
 
@@ -258,10 +259,9 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
         return reconstruct
 
     def reconstruction_target(self) -> str:
-        return self.options.recon_target
+        return self.method_config.recon_target
 
-    def calibration_details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"block_reconstruction": dict(self.reconstruction)}
+    def add_outcome(self, outcome: MethodOutcome) -> None:
+        outcome.extras["block_reconstruction"] = dict(self.reconstruction)
         if self.budget_levels:
-            out["budget_levels"] = dict(self.budget_levels)
-        return out
+            outcome.add_layer_values("budget_level", self.budget_levels)

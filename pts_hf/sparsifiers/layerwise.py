@@ -19,6 +19,7 @@ from pts_hf.config import SparsityConfig, help_field
 from pts_hf.parametrize import FixedMask, PTSParametrization
 from pts_hf.pipeline import LayerStats, run_pipeline
 from pts_hf.pipeline.sequential import ReconstructFn
+from pts_hf.record import MethodOutcome
 from pts_hf.sparsifiers.base import PTSSparsifier
 from pts_hf.targets import Target
 
@@ -40,10 +41,6 @@ class LayerwiseConfig(SparsityConfig):
         "None = where the block is."
     )
     stats_dtype: str = help_field("float32", "dtype the layer statistics (Hessians, norms) are accumulated in.")
-    bn_recalibration: bool = help_field(
-        True, "Re-estimate BatchNorm running statistics on the calibration data after pruning (models with "
-        "BatchNorm; pruning shifts the activations their running statistics were measured on)."
-    )
 
     def validate(self) -> None:
         super().validate()
@@ -68,8 +65,10 @@ class PrunedLayer:
 class LayerwiseSparsifier(PTSSparsifier):
     """Prunes each targeted layer once, from statistics of its inputs, block by block."""
 
-    needs_data: ClassVar[bool] = True
     statistics: ClassVar[frozenset[str]] = frozenset()
+
+    def requires_data(self) -> bool:
+        return True
 
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
         return FixedMask(torch.ones_like(weight, dtype=torch.bool))
@@ -140,11 +139,10 @@ class LayerwiseSparsifier(PTSSparsifier):
         """'dense': blocks learn the dense model's activations; 'local': their own dense outputs."""
         return "dense"
 
-    def calibration_details(self) -> dict[str, Any]:
-        """Method-specific entries of the run's details."""
-        return {}
+    def add_outcome(self, outcome: MethodOutcome) -> None:
+        """Add the method's own numbers (per-layer or global extras) to the run's outcome."""
 
-    def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> dict[str, Any]:
+    def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> MethodOutcome:
         self._require_prepared()
         by_fqn = {g["tensor_fqn"]: g for g in self.groups}
         counts: dict[str, int] = {}  # filled at the first unit: after _rebalance, which runs while planning
@@ -157,7 +155,7 @@ class LayerwiseSparsifier(PTSSparsifier):
                 self.prune_group(by_fqn[t.tensor_fqn], stats[t.tensor_fqn], counts[t.tensor_fqn])
 
         targets = self.group_targets()
-        o = self.options
+        o = self.method_config
         report = run_pipeline(model, targets, data, self.statistics, process, sequential=o.sequential,
                               device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
                               on_unused=self._rebalance, reconstruct=self.block_reconstruction(),
@@ -166,7 +164,10 @@ class LayerwiseSparsifier(PTSSparsifier):
         if o.bn_recalibration:
             bn_batches = recalibrate_batchnorm(model, data, device=model_device(model), seed=o.seed,
                                                accelerator=accelerator)
-        return {"pipeline": {"blocks_from": report.block_source, "units": report.units, "runs": report.runs,
-                             "unused_layers": report.unused, "unit_seconds": report.seconds,
-                             "batches": report.batches}, "bn_batches": bn_batches, **self.calibration_details()}
+        outcome = MethodOutcome(extras={
+            "pipeline": {"blocks_from": report.block_source, "units": report.units, "runs": report.runs,
+                         "unused_layers": report.unused, "unit_seconds": report.seconds, "batches": report.batches},
+            "bn_batches": bn_batches})
+        self.add_outcome(outcome)
+        return outcome
 

@@ -12,6 +12,7 @@ from pts_hf.calibration import recalibrate_batchnorm
 from pts_hf.config import SparsityConfig, help_field
 from pts_hf.ops.masks import magnitude_mask
 from pts_hf.parametrize import FixedMask, PTSParametrization
+from pts_hf.record import MethodOutcome
 from pts_hf.sparsifiers.base import PTSSparsifier
 
 __all__ = ["MagnitudeConfig", "MagnitudeSparsifier"]
@@ -21,9 +22,6 @@ __all__ = ["MagnitudeConfig", "MagnitudeSparsifier"]
 class MagnitudeConfig(SparsityConfig):
     method: ClassVar[str] = "magnitude"
 
-    bn_recalibration: bool = help_field(
-        True, "Re-estimate BatchNorm running statistics on the calibration data after pruning (needs data)."
-    )
     bn_batches: int | None = help_field(None, "At most this many batches for BatchNorm re-estimation (None = all).")
 
     def validate(self) -> None:
@@ -49,7 +47,7 @@ class MagnitudeSparsifier(PTSSparsifier):
         p = module.parametrizations[tensor_name]
         w = p.original
         group = {"module": module, "tensor_name": tensor_name, **kwargs}
-        if self.options.nm is not None:
+        if self.method_config.nm is not None:
             mask = self.nm_magnitude_mask(group)
         else:
             if n_zero is None:
@@ -60,13 +58,13 @@ class MagnitudeSparsifier(PTSSparsifier):
                 par.mask.copy_(mask)
 
     def requires_data(self) -> bool:
-        return bool(self.options.bn_recalibration)
+        return bool(self.method_config.bn_recalibration)
 
-    def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> dict[str, Any]:
+    def calibrate(self, model: nn.Module, data: Any, accelerator: Any = None) -> MethodOutcome:
         self.step()
         batches = 0
-        if self.options.bn_recalibration and data is not None:
+        if self.method_config.bn_recalibration and data is not None:
             device = next(model.parameters()).device
-            batches = recalibrate_batchnorm(model, data, device=device, max_batches=self.options.bn_batches,
-                                            seed=self.options.seed, accelerator=accelerator)
-        return {"bn_batches": batches}
+            batches = recalibrate_batchnorm(model, data, device=device, max_batches=self.method_config.bn_batches,
+                                            seed=self.method_config.seed, accelerator=accelerator)
+        return MethodOutcome(extras={"bn_batches": batches})

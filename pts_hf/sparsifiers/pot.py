@@ -51,7 +51,7 @@ class POTSparsifier(LayerwiseSparsifier):
 
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
-        o = self.options
+        o = self.method_config
         dense = weight.float()
         keep = nm_mask(dense.abs(), *nm) if nm is not None else topk_mask(dense.abs(), dense.numel() - n_zero)
         sparse = dense * keep

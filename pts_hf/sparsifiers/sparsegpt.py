@@ -46,5 +46,5 @@ class SparseGPTSparsifier(LayerwiseSparsifier):
             keep = wanda_keep_mask(weight, None, n_zero, nm)
             return PrunedLayer(weight * keep, keep)
         w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
-                                  self.options.blocksize, self.options.dampening)
+                                  self.method_config.blocksize, self.method_config.dampening)
         return PrunedLayer(w, keep)

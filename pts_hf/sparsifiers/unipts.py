@@ -25,13 +25,14 @@ from torch import nn
 from pts_hf.calibration import CalibrationData, batch_size_of, forward_batch
 from pts_hf.config import DistillationConfig, help_field
 from pts_hf.losses import base_decayed_kl, extract_output, kl_distillation, reconstruction_loss
-from pts_hf.ops.allocation import allocate
+from pts_hf.ops.allocation import NEEDS_ACTIVATIONS, allocate
 from pts_hf.parametrize import DynamicMask, FixedMask, PTSParametrization
 from pts_hf.progress import progress_bar
+from pts_hf.record import MethodOutcome
 from pts_hf.search import MaskFitness, genes_to_sparsities, logit_genes_for, regrow_genes_for, run_evolution
 from pts_hf.sparsifiers.base import PTSSparsifier
+from pts_hf.sparsifiers.distilling import DistillingSparsifier
 from pts_hf.sparsifiers.magnitude import MagnitudeSparsifier
-from pts_hf.training import finish_batchnorm, run_distillation
 
 __all__ = ["UniPTSConfig", "UniPTSSparsifier"]
 
@@ -42,8 +43,9 @@ logger = logging.getLogger("pts_hf")
 class UniPTSConfig(DistillationConfig):
     method: ClassVar[str] = "unipts"
 
-    search: bool = help_field(True, "Evolutionary allocation search (False: the `allocation`, ERK by default; "
-                                    "skipped for N:M masks, which fix every layer's sparsity).")
+    search: bool = help_field(True, "Evolutionary allocation search, seeded with the `allocation` (ERK by default); "
+                                    "False: the `allocation` as is. Skipped for N:M masks, which fix every "
+                                    "layer's sparsity.")
     search_space: str = help_field("regrow", "'regrow' (P_e = P+δ, regrow δ·N by softmax of genes: UniPTS) or "
                                              "'logit' (any layer in [0, max_layer_sparsity]).")
     delta: float = help_field(0.05, "δ of the reducing-regrowing scheme: layers are first reduced to P + δ.")
@@ -110,22 +112,17 @@ def _take_samples(data: CalibrationData, n: int, skip: int = 0) -> tuple[list[An
     return out, got
 
 
-class UniPTSSparsifier(MagnitudeSparsifier):
+class UniPTSSparsifier(DistillingSparsifier, MagnitudeSparsifier):
     """UniPTS as a torch.ao-style sparsifier: magnitude masks at searched per-layer levels, recomputed from |W|
     by ``step()`` during dynamic sparse training."""
 
     method: ClassVar[str] = "unipts"
     config_class: ClassVar[type[UniPTSConfig]] = UniPTSConfig
-    needs_data: ClassVar[bool] = True
-    keeps_teacher: ClassVar[bool] = True
     resume_attrs: ClassVar[tuple[str, ...]] = ("_steps",)
 
     def __init__(self, config: UniPTSConfig | None = None, **options: Any):
         super().__init__(config, **options)
         self._steps = 0
-
-    def requires_data(self) -> bool:
-        return True
 
     def _before_parametrize(self, model: nn.Module) -> None:
         super()._before_parametrize(model)
@@ -133,23 +130,20 @@ class UniPTSSparsifier(MagnitudeSparsifier):
 
     def make_parametrization(self, group: dict[str, Any], weight: torch.Tensor) -> PTSParametrization:
         ones = torch.ones_like(weight, dtype=torch.bool)
-        return DynamicMask(ones, self.options.srste_decay) if self.options.dynamic else FixedMask(ones)
-
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        return []
+        return DynamicMask(ones, self.method_config.srste_decay) if self.method_config.dynamic else FixedMask(ones)
 
     # --- training ---------------------------------------------------------------------------------------------
-    def step(self, use_path: bool = True) -> None:
+    def step(self) -> None:
         """First call: masks at the levels. Then, with ``dynamic``, every ``mask_interval`` calls."""
         self._require_prepared()
         first = self._steps == 0
         self._steps += 1
-        if first or (self.options.dynamic and (self._steps - 1) % self.options.mask_interval == 0):
-            super().step(use_path)
+        if first or (self.method_config.dynamic and (self._steps - 1) % self.method_config.mask_interval == 0):
+            super().step()
 
-    def compute_loss(self, student_output: Any, teacher_output: Any, progress: float = 0.0, epoch: float = 0.0
+    def compute_loss(self, student_output: Any, teacher_output: Any, epoch: float = 0.0
                      ) -> tuple[torch.Tensor, dict[str, float]]:
-        o = self.options
+        o = self.method_config
         s, kind = extract_output(student_output)
         if o.loss_fn is None and o.objective == "base_decayed" and kind == "logits" and o.reconstruction != "mse":
             tau = o.tau0 * o.gamma ** math.floor(epoch)
@@ -162,9 +156,10 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         return loss, {}
 
     # --- search -----------------------------------------------------------------------------------------------
-    def search_allocation(self, model: nn.Module, data: CalibrationData) -> dict[str, Any]:
-        """Run the GA and write the best per-layer sparsities into the groups' ``sparsity_level``."""
-        o = self.options
+    def search_allocation(self, model: nn.Module, data: CalibrationData, teacher: nn.Module) -> MethodOutcome:
+        """Run the GA, seeded with the configured allocation, and write the best per-layer sparsities into the
+        groups' ``sparsity_level``."""
+        o = self.method_config
         start = time.perf_counter()
         device = next(model.parameters()).device
         bn_batches, n_bn = _take_samples(data, o.search_samples)
@@ -175,7 +170,7 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         if o.fitness == "top1" and not all(isinstance(b, (list, tuple)) and len(b) > 1 for b in score_batches):
             raise ValueError("fitness='top1' needs (input, label) batches; use fitness='kl' for unlabeled data")
         with torch.no_grad():
-            teacher_outputs = [forward_batch(self.teacher, b, device) for b in score_batches]
+            teacher_outputs = [forward_batch(teacher, b, device) for b in score_batches]
         numels = [g["numel"] for g in self.groups]
         fitness = MaskFitness(self.groups, model, bn_batches, score_batches, teacher_outputs, o.sparsity, o.fitness,
                               o.search_noise, o.seed)
@@ -183,13 +178,16 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         def decode(genes: torch.Tensor) -> list[float]:
             return genes_to_sparsities(genes, numels, o.sparsity, o.search_space, o.delta, o.max_layer_sparsity)
 
-        erk = allocate("erk", [self.original_of(g) for g in self.groups], o.sparsity)
-        # seed the population with the ERK allocation (as close as the space allows) and the uniform regrowth;
-        # with elitism the search then never ends below ERK
+        options = o.allocation_options()
+        if o.allocation in NEEDS_ACTIVATIONS:
+            options["activation_scores"] = self._activation_scores_for(self.group_targets())
+        seed = allocate(o.allocation, [self.original_of(g) for g in self.groups], o.sparsity, **options)
+        # seed the population with the configured allocation (as close as the space allows) and the uniform
+        # regrowth; with elitism the search then never ends below that allocation
         if o.search_space == "logit":
-            initial = [logit_genes_for(erk, o.max_layer_sparsity)]
+            initial = [logit_genes_for(seed, o.max_layer_sparsity)]
         else:
-            initial = [regrow_genes_for(erk, numels, o.sparsity, o.delta), torch.zeros(len(numels))]
+            initial = [regrow_genes_for(seed, numels, o.sparsity, o.delta), torch.zeros(len(numels))]
         bar = progress_bar(total=o.generations, desc="unipts search", enabled=self.show_progress, unit="gen")
 
         def tick(gen: int, best: float) -> None:
@@ -204,36 +202,39 @@ class UniPTSSparsifier(MagnitudeSparsifier):
         counts = fitness.counts(best)
         for g, k in zip(self.groups, counts):
             g["sparsity_level"] = k / g["numel"]
-        return {"search_seconds": time.perf_counter() - start, "search_history": result.history,
-                "search_evaluations": fitness.evaluations, "search_best_fitness": result.best_fitness,
-                "searched_layer_sparsity": {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups},
-                "erk_layer_sparsity": {g["tensor_fqn"]: s for g, s in zip(self.groups, erk)},
-                "erk_fitness": fitness(erk)}
+        out = MethodOutcome(extras={"search_seconds": time.perf_counter() - start,
+                                    "search_history": result.history, "search_evaluations": fitness.evaluations,
+                                    "search_best_fitness": result.best_fitness, "allocation_fitness": fitness(seed)})
+        out.add_layer_values("searched_sparsity", {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups})
+        out.add_layer_values("allocation_sparsity", {g["tensor_fqn"]: s for g, s in zip(self.groups, seed)})
+        return out
 
-    # --- one-call API -----------------------------------------------------------------------------------------
-    def calibrate(self, model: nn.Module, data: CalibrationData, accelerator: Any = None) -> dict[str, Any]:
-        teacher, accelerator = self._teacher_and_accelerator(accelerator)
-        details: dict[str, Any] = {}
-        ckpt = getattr(self, "run_checkpoint", None)
+    # --- distilling protocol --------------------------------------------------------------------------------
+    def before_training(self, model: nn.Module, data: CalibrationData, teacher: nn.Module) -> MethodOutcome:
+        """The allocation search (or its result, when resuming), then the first masks."""
+        out = MethodOutcome()
+        ckpt = self.run_checkpoint
         resumed = (ckpt.resume or {}).get("search") if ckpt is not None else None
-        if self.options.search and resumed is not None:  # resuming: the search was done before the interrupt
-            details.update(resumed["details"])
+        o = self.method_config
+        if o.search and resumed is not None:  # resuming: the search was done before the interrupt
+            out = MethodOutcome(layers={k: dict(v) for k, v in resumed["layers"].items()},
+                                extras=dict(resumed["extras"]))
             for g in self.groups:
                 g["sparsity_level"] = float(resumed["levels"][g["tensor_fqn"]])
             ckpt.search = resumed
-        elif self.options.search and self.options.nm is not None:
-            details["search"] = f"skipped: {self.options.mask_structure} fixes every layer's sparsity"
-        elif self.options.search:
-            details.update(self.search_allocation(model, data))
+        elif o.search and o.nm is not None:
+            out.extras["search"] = f"skipped: {o.mask_structure} fixes every layer's sparsity"
+        elif o.search:
+            out = self.search_allocation(model, data, teacher)
             if ckpt is not None:  # the search is the long first phase: keep its result
-                ckpt.search = {"details": details.copy(),
+                ckpt.search = {"layers": {k: dict(v) for k, v in out.layers.items()}, "extras": dict(out.extras),
                                "levels": {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}}
-                ckpt.save({"method": self.method}, 0, self.options.steps)
-        details["initial_layer_sparsity"] = {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups}
+                ckpt.save({"method": self.method}, 0, o.steps)
+        out.add_layer_values("initial_sparsity", {g["tensor_fqn"]: g["sparsity_level"] for g in self.groups})
         self._steps = 0
         self.step()
-        details.update(run_distillation(self, model, teacher, data, accelerator, self.options))
+        return out
+
+    def finalize(self) -> MethodOutcome:
         PTSSparsifier.step(self)  # final masks, whatever mask_interval: exact counts from the trained |W|
-        details["bn_batches"] = finish_batchnorm(model, data, accelerator, self.options)
-        self.teacher = None
-        return details
+        return MethodOutcome()

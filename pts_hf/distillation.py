@@ -1,12 +1,16 @@
-"""The calibration loop: a sparse student against a frozen dense teacher, through ``accelerate``.
+"""The distillation loop: a sparse student against a frozen dense teacher, through ``accelerate``.
 
-The loop knows nothing about a method's maths: it asks the sparsifier for its extra parameters
-(``extra_param_groups``), its loss (``compute_loss``) and calls its ``step()`` after each optimizer step,
-exactly as a user's own torch.ao-style loop would.
+The loop owns the teacher (a dense copy of the prepared student, made at its start and freed at its end) and the
+accelerator (made from the config's ``mixed_precision`` / ``gradient_accumulation_steps``, or the caller's, checked
+against them). It knows nothing about a method's maths: it drives the declared
+:class:`~pts_hf.sparsifiers.distilling.DistillingSparsifier` protocol — ``before_training`` (e.g. UniPTS's
+search), ``extra_param_groups``, ``compute_loss``, ``step()`` after each optimizer step, ``finalize`` — exactly as
+a user's own torch.ao-style loop would.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
@@ -19,14 +23,73 @@ from torch import nn
 from pts_hf.calibration import CalibrationData, augment_batch, forward_batch, recalibrate_batchnorm
 from pts_hf.config import DistillationConfig
 from pts_hf.progress import progress_bar
+from pts_hf.record import MethodOutcome
 from pts_hf.resume import Interrupted, RunCheckpoint, stop_requests
 
 if TYPE_CHECKING:
-    from pts_hf.sparsifiers.base import PTSSparsifier
+    from pts_hf.sparsifiers.distilling import DistillingSparsifier as PTSSparsifier
 
-__all__ = ["cosine_with_warmup", "run_distillation", "set_student_mode"]
+__all__ = ["cosine_with_warmup", "dense_copy", "distill", "make_accelerator", "run_distillation",
+           "set_student_mode"]
 
 logger = logging.getLogger("pts_hf")
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A frozen dense copy of a prepared (masked) model: its parametrizations removed, the original weights kept."""
+    from torch.nn.utils import parametrize
+
+    teacher = copy.deepcopy(model)
+    for m in list(teacher.modules()):
+        if parametrize.is_parametrized(m):
+            # not parametrize.remove_parametrizations: the copy shares its generated class with the student, from
+            # which that would delete the property; the copy gets its plain class back instead
+            originals = {name: plist.original for name, plist in m.parametrizations.items()}
+            del m._modules["parametrizations"]
+            m.__class__ = type(m).__bases__[0]
+            for name, original in originals.items():
+                m.register_parameter(name, original)
+    return teacher.eval().requires_grad_(False)
+
+
+def make_accelerator(config: DistillationConfig, accelerator: Any = None) -> Any:
+    """An ``Accelerator`` with the config's ``mixed_precision`` and ``gradient_accumulation_steps``; a given one is
+    checked against them (they are its settings: set them on it, or leave them at their defaults here)."""
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        # defaults are not passed, so `accelerate launch --mixed_precision ...` (its config) still applies
+        kwargs: dict[str, Any] = {}
+        if config.mixed_precision != "no":
+            kwargs["mixed_precision"] = config.mixed_precision
+        if config.gradient_accumulation_steps != 1:
+            kwargs["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+        return Accelerator(**kwargs)
+    theirs = {"mixed_precision": str(getattr(accelerator, "mixed_precision", "no")),
+              "gradient_accumulation_steps": int(getattr(accelerator, "gradient_accumulation_steps", 1))}
+    defaults = {"mixed_precision": "no", "gradient_accumulation_steps": 1}
+    for name, value in theirs.items():
+        mine = getattr(config, name)
+        if mine != defaults[name] and mine != value:
+            raise ValueError(f"{name}={mine!r} contradicts the accelerator passed in ({name}={value!r}): set it on "
+                             f"the Accelerator, or leave {name} out of the method options")
+    return accelerator
+
+
+def distill(sparsifier: PTSSparsifier, model: nn.Module, data: CalibrationData, accelerator: Any = None
+            ) -> MethodOutcome:
+    """The whole data-driven phase of a distilling method on a prepared ``model``: teacher, ``before_training``,
+    the loop, ``finalize``, BatchNorm re-estimation. The teacher is freed at the end."""
+    config = sparsifier.method_config
+    accelerator = make_accelerator(config, accelerator)
+    teacher = dense_copy(model)
+    outcome = sparsifier.before_training(model, data, teacher)
+    outcome.merge(run_distillation(sparsifier, model, teacher, data, accelerator, config))
+    del teacher
+    outcome.merge(sparsifier.finalize())
+    outcome.extras["bn_batches"] = finish_batchnorm(model, data, accelerator, config)
+    outcome.extras.setdefault("calibration_batches", len(data))
+    return outcome
 
 
 def cosine_with_warmup(steps: int, warmup: int):
@@ -84,15 +147,14 @@ def run_distillation(
     data: CalibrationData,
     accelerator: Any,
     config: DistillationConfig,
-) -> dict[str, Any]:
+) -> MethodOutcome:
     """Optimise ``model`` (prepared by ``sparsifier``) to match ``teacher`` on ``data`` for ``config.steps``."""
-    torch.manual_seed(config.seed)
     n_batches = len(data)
     if n_batches * 10 < config.steps:
         warnings.warn(
             f"calibration data holds {n_batches} batches for {config.steps} steps: each batch is seen "
             f"{config.steps / n_batches:.0f} times; more calibration data would generalise better",
-            stacklevel=4,  # the user's pts_hf.sparsify(...) call
+            stacklevel=5,  # the user's pts_hf.sparsify(...) call (sparsify → calibrate → distill → here)
         )
     extra_groups = sparsifier.extra_param_groups()
     extra_ids = {id(p) for g in extra_groups for p in g["params"]}
@@ -124,7 +186,7 @@ def run_distillation(
     history: list[dict[str, float]] = []
     batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
-    ckpt: RunCheckpoint | None = getattr(sparsifier, "run_checkpoint", None)
+    ckpt: RunCheckpoint | None = sparsifier.run_checkpoint
     start = 0
     loop = (ckpt.resume or {}).get("loop") if ckpt is not None else None
     if loop is not None:  # continue where the checkpoint stopped
@@ -164,7 +226,7 @@ def run_distillation(
     save(config.steps)  # an interrupt in the finishing stages resumes after the loop
     model = accelerator.unwrap_model(wrapped)
     model.eval()
-    return {"history": history, "steps": config.steps, "calibration_batches": n_batches}
+    return MethodOutcome(extras={"steps": config.steps, "calibration_batches": n_batches}, history=history)
 
 
 def _interrupted(ckpt: RunCheckpoint | None, saved: Any, step: int, steps: int, bar: Any) -> None:
@@ -182,7 +244,7 @@ def _interrupted(ckpt: RunCheckpoint | None, saved: Any, step: int, steps: int, 
 
 def _loop_state(sparsifier: PTSSparsifier, model: nn.Module, optimizers: list, schedulers: list, step: int,
                 history: list, aug_gen: torch.Generator) -> dict[str, Any]:
-    counters = {k: getattr(sparsifier, k) for k in getattr(sparsifier, "resume_attrs", ())}
+    counters = {k: getattr(sparsifier, k) for k in sparsifier.resume_attrs}
     return {"step": step, "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "sparsifier": sparsifier.state_dict(), "counters": counters,
             "optimizers": [o.state_dict() for o in optimizers], "schedulers": [s.state_dict() for s in schedulers],
@@ -211,8 +273,7 @@ def _train_step(sparsifier: PTSSparsifier, wrapped: nn.Module, teacher: nn.Modul
             with torch.no_grad():
                 teacher_out = forward_batch(teacher, batch, device)
             student_out = forward_batch(wrapped, batch, device)
-            loss, logs = sparsifier.compute_loss(student_out, teacher_out, progress=step / config.steps,
-                                                 epoch=step / n_batches)
+            loss, logs = sparsifier.compute_loss(student_out, teacher_out, epoch=step / n_batches)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "

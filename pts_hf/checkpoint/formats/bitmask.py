@@ -1,4 +1,4 @@
-"""The bitmask format: a sparse weight ``W`` is stored as three tensors
+"""The bitmask format: every ≥2-D weight ``W`` with ≤ 90% non-zeros is stored as three tensors
 
 * ``<name>``: its non-zero values, 1-D, in row-major order (same dtype). Its shape differs from ``W``'s, so a
   loader that does not know the format fails loudly (transformers: size mismatch) instead of silently
@@ -10,10 +10,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-__all__ = ["BITMASK_SUFFIX", "SHAPE_SUFFIX", "is_worth_compressing", "pack", "unpack"]
+from pts_hf.checkpoint.formats.base import CheckpointFormat
+
+__all__ = ["BITMASK_QUANT_METHOD", "BITMASK_SUFFIX", "SHAPE_SUFFIX", "BitmaskFormat", "is_worth_compressing",
+           "pack", "unpack"]
+
+BITMASK_QUANT_METHOD = "pts_hf_bitmask"
 
 BITMASK_SUFFIX = "_bitmask"
 SHAPE_SUFFIX = "_shape"
@@ -51,3 +57,38 @@ def unpack(name: str, values: torch.Tensor, bitmask: torch.Tensor, shape: torch.
     out = torch.zeros(n, dtype=values.dtype)
     out[bits] = values
     return out.view(dims)
+
+
+class BitmaskFormat(CheckpointFormat):
+    name = "bitmask"
+    quant_method = BITMASK_QUANT_METHOD
+    suffixes = (BITMASK_SUFFIX, SHAPE_SUFFIX)
+
+    def encode(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            out.update(pack(name, t) if is_worth_compressing(t) else {name: t.contiguous()})
+        return out
+
+    def decode(self, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, t in tensors.items():
+            if name.endswith((BITMASK_SUFFIX, SHAPE_SUFFIX)):
+                continue
+            mask, shape = tensors.get(name + BITMASK_SUFFIX), tensors.get(name + SHAPE_SUFFIX)
+            if mask is not None and shape is not None:
+                out[name] = unpack(name, t, mask, shape, source)
+            elif (mask is None) != (shape is None):
+                raise ValueError(f"{source}: {name} has only one of {BITMASK_SUFFIX} / {SHAPE_SUFFIX}")
+            else:
+                out[name] = t
+        return out
+
+    def decode_weight(self, name: str, values: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask, shape = parts.get(BITMASK_SUFFIX), parts.get(SHAPE_SUFFIX)
+        if mask is None or shape is None:  # an uncompressed weight
+            return values
+        return unpack(name, values, mask, shape)
+
+    def is_encoded(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bool:
+        return super().is_encoded(tensors, meta) or any(k.endswith(BITMASK_SUFFIX) for k in tensors)
