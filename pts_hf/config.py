@@ -21,7 +21,24 @@ from typing import Any, ClassVar
 
 from pts_hf.version import CONFIG_VERSION, __version__
 
-__all__ = ["DistillationConfig", "SparsityConfig", "help_field"]
+__all__ = ["DistillationConfig", "SparsityConfig", "check_count", "check_positive", "help_field"]
+
+
+def check_count(config: Any, name: str, minimum: int = 1, optional: bool = False) -> None:
+    """``config.<name>`` must be an integer ≥ ``minimum`` (or None when ``optional``); else a ValueError naming it."""
+    v = getattr(config, name)
+    if optional and v is None:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {v!r}")
+
+
+def check_positive(config: Any, name: str) -> None:
+    """``config.<name>`` must be a number > 0; else a ValueError naming it."""
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ValueError(f"{name} must be > 0, got {v!r}")
 
 
 def help_field(default: Any, help: str, **kwargs: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pts_hf.config import help_field
+from pts_hf.config import check_count, check_positive, help_field
 from pts_hf.ops.budget import ErrorCurve, diagonal_saliency, error_curve, obs_saliency, solve_budget
 from pts_hf.ops.obs import sparsegpt_prune
 from pts_hf.ops.wanda import wanda_keep_mask
@@ -96,9 +96,7 @@ class FCPTSBlockConfig(LayerwiseConfig):
         self.survey_levels = tuple(round(float(v), 6) for v in self.survey_levels)
         if not self.survey_levels or not all(0.0 < v <= 1.0 for v in self.survey_levels):
             raise ValueError(f"survey_levels must be sparsities in (0, 1], got {self.survey_levels!r}")
-        if not isinstance(self.survey_batches, int) or isinstance(self.survey_batches, bool) or \
-                self.survey_batches < 1:
-            raise ValueError(f"survey_batches must be a positive integer, got {self.survey_batches!r}")
+        check_count(self, "survey_batches")
         if not 0.0 < self.max_layer_sparsity <= 1.0:
             raise ValueError(f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity!r}")
         if self.budget != "none" and self.sparsity > self.max_layer_sparsity:
@@ -110,18 +108,12 @@ class FCPTSBlockConfig(LayerwiseConfig):
             raise ValueError(f"recon_target must be 'dense' or 'local', got {self.recon_target!r}")
         if self.recon_train not in _TRAIN:
             raise ValueError(f"recon_train must be one of {list(_TRAIN)}, got {self.recon_train!r}")
-        if not isinstance(self.recon_steps, int) or isinstance(self.recon_steps, bool) or self.recon_steps < 0:
-            raise ValueError(f"recon_steps must be a non-negative integer, got {self.recon_steps!r}")
-        for name in ("survey_rows", "recon_rows"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-        if not self.recon_lr > 0:
-            raise ValueError(f"recon_lr must be > 0, got {self.recon_lr!r}")
-        if not isinstance(self.blocksize, int) or isinstance(self.blocksize, bool) or self.blocksize < 1:
-            raise ValueError(f"blocksize must be a positive integer, got {self.blocksize!r}")
-        if not self.dampening > 0:
-            raise ValueError(f"dampening must be > 0, got {self.dampening!r}")
+        check_count(self, "recon_steps", minimum=0)
+        check_count(self, "survey_rows", optional=True)
+        check_count(self, "recon_rows", optional=True)
+        check_count(self, "blocksize")
+        check_positive(self, "recon_lr")
+        check_positive(self, "dampening")
 
 
 class FCPTSBlockSparsifier(LayerwiseSparsifier):

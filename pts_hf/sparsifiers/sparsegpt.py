@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from pts_hf.config import help_field
+from pts_hf.config import check_count, check_positive, help_field
 from pts_hf.ops.obs import sparsegpt_prune
 from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats
@@ -27,10 +27,8 @@ class SparseGPTConfig(LayerwiseConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.blocksize, int) or isinstance(self.blocksize, bool) or self.blocksize < 1:
-            raise ValueError(f"blocksize must be a positive integer, got {self.blocksize!r}")
-        if not self.dampening > 0:
-            raise ValueError(f"dampening must be > 0, got {self.dampening!r}")
+        check_count(self, "blocksize")
+        check_positive(self, "dampening")
 
 
 class SparseGPTSparsifier(LayerwiseSparsifier):
