@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(f"{model_name}: dense top-1 {dense_top1:.2f}%", flush=True)
         for calib_n in args.calib:
             calib = calibration_subset(train, calib_n, seed=args.calib_seed).tensors[0]
-            x64 = calib[:BATCH]
+            x64 = calibration_subset(train, BATCH, seed=args.calib_seed).tensors[0]
             fwd, train_flops = flop_counts(dense, x64)
             n_batches = -(-calib_n // BATCH)
             for variant in args.variants:
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for s in args.sparsities:
                     runs = []
                     for seed in range(args.seed, args.seed + args.seeds):
+                        if args.vary_calib:  # a fresh calibration draw per seed: data variance included
+                            calib = calibration_subset(train, calib_n, seed=args.calib_seed + seed).tensors[0]
                         step_s = dense_step_seconds(dense, x64)
                         c0, w0 = time.process_time(), time.perf_counter()
                         r = pts_hf.sparsify(dense, calib, method=method, sparsity=s, seed=seed, progress=False,
@@ -139,10 +141,12 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; date {meta['date']}; calibration "
-             f"images drawn with seed {meta['calib_seed']} from the training split (labels unused); top-1 % on "
-             f"{meta['eval']} test images, **median (min–max) of {meta['seeds']} seeds**; `×N`: run CPU time / one "
-             "dense training step (batch 64) in the same process; GFLOP of a run in brackets.", ""]
+    draw = (f"drawn afresh for each seed (seed {meta['calib_seed']} + run seed)" if meta.get("vary_calib")
+            else f"drawn once with seed {meta['calib_seed']}")
+    lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; date {meta['date']}; calibration images "
+             f"{draw} from the training split (labels unused); the run seed drives the method (KDE samples, search); "
+             f"top-1 % on {meta['eval']} test images, **median (min–max) of {meta['seeds']} seeds**; `×N`: run CPU "
+             "time / one dense training step (batch 64) in the same process; GFLOP of a run in brackets.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model and r["variant"] != "dense"]
         dense = next(r for r in rows if r["model"] == model and r["variant"] == "dense")
@@ -187,6 +191,9 @@ def main() -> None:
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.9, 0.95])
     p.add_argument("--calib", nargs="+", type=int, default=[1024], help="calibration set size(s)")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw")
+    p.add_argument("--vary-calib", action="store_true",
+                   help="draw the calibration set with seed calib_seed+seed for each seed (default: one fixed draw, "
+                        "so the spread is the method's own randomness only)")
     p.add_argument("--steps", type=int, help="override the learned methods' steps")
     p.add_argument("--seed", type=int, default=0, help="first method seed")
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell (median and min–max reported)")
@@ -204,6 +211,7 @@ def main() -> None:
     meta = {"command": "python examples/accuracy_benchmark.py " + " ".join(sys.argv[1:]),
             "machine": f"shared 2-core CPU box, {machine(args.threads)}",
             "date": dt.date.today().isoformat(), "calib_seed": args.calib_seed, "seeds": args.seeds,
+            "vary_calib": args.vary_calib,
             "eval": args.eval_samples or 10000, "total_seconds": round(time.time() - start, 1)}
     text = markdown(rows, meta)
     print(text)
