@@ -159,8 +159,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
             for s in levels:
                 r = next((x for x in mine if x["variant"] == variant and x["calib"] == calib and x["sparsity"] == s),
                          None)
-                cells.append("" if r is None else f"{r['top1']:.2f} ({r['top1_min']:.2f}–{r['top1_max']:.2f}) "
-                             f"×{r['ratio']:.0f} [{r['gflop']:.0f}]")
+                if r is None:
+                    cells.append("")
+                    continue
+                spread = f"{r['top1_min']:.2f}–{r['top1_max']:.2f}" if len(r.get("runs", [])) != 1 else "1 seed"
+                cells.append(f"{r['top1']:.2f} ({spread}) ×{r['ratio']:.0f} [{r['gflop']:.0f}]")
             lines.append(f"| {variant} | {calib} | " + " | ".join(cells) + " |")
         worst = max(abs(r["achieved"] - r["sparsity"]) for r in mine)
         lines.append(f"\nLargest |achieved − target| sparsity: {worst:.2e}\n")
