@@ -44,8 +44,8 @@ class UniPTSConfig(DistillationConfig):
 
     search: bool = help_field(False, "Evolutionary allocation search (True; skipped for N:M masks, which fix every "
                                      "layer's sparsity) or the `allocation`, ERK by default (False, the default: "
-                                     "on ResNet-20 at 90% ERK beat the search after training in all 3 seeds, "
-                                     "at a third of the cost; BENCHMARKS.md).")
+                                     "on ResNet-20 at 90 and 95% ERK beat the search after training in all 3 "
+                                     "seeds, at a third of the cost; BENCHMARKS.md).")
     search_space: str = help_field("regrow", "'regrow' (P_e = P+δ, regrow δ·N by softmax of genes: UniPTS) or "
                                              "'logit' (any layer in [0, max_layer_sparsity]).")
     delta: float = help_field(0.05, "δ of the reducing-regrowing scheme: layers are first reduced to P + δ.")
