@@ -37,6 +37,7 @@ from pts_hf.models import BUNDLED_MODELS
 DEFAULTS = {  # model -> (optimizer, lr, weight decay)
     "resnet20-fmnist": ("sgd", 0.1, 5e-4),
     "vit-fmnist": ("adamw", 1e-3, 0.05),
+    "mobilenet-fmnist": ("sgd", 0.1, 1e-4),
 }
 
 

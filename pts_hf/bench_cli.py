@@ -20,7 +20,8 @@ def add_bench_parser(sub: Any) -> None:
                     "layer keeps the fastest of dense / CSR / 2:4 measured on the batch's shapes), at each batch "
                     "size; print latency (median of --repeats after --warmup, dense and sparse interleaved), "
                     "weight memory and the per-layer choices.")
-    p.add_argument("model", help="bundled name (resnet20-fmnist, vit-fmnist), a folder (HF config.json or a "
+    p.add_argument("model", help="bundled name (resnet20-fmnist, vit-fmnist, mobilenet-fmnist), "
+                                 "a folder (HF config.json or a "
                                  "pts-hf output) or a timm name")
     p.add_argument("--data", help="image models: 'fashion-mnist' or a folder of class sub-folders; text models: a "
                                   "text file (one document per line). Default: random inputs of the right shape "

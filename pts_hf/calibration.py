@@ -92,6 +92,9 @@ class CalibrationData:
             self._source = data
         else:
             raise TypeError(f"calibration data of type {type(data).__name__} is not iterable")
+        # tensors split here, one-shot iterators kept as a list, lists and tuples of batches: every pass yields the
+        # same batches in the same order (a user's DataLoader or dataset may shuffle or augment)
+        self.repeats_identically = isinstance(self._source, (list, tuple))
         self._len = self._known_len()
         if self._len == 0 or (self._len is None and next(iter(self._source), None) is None):
             raise ValueError("calibration data is empty: it yielded no batch")

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparsify MODEL to an exact global sparsity using unlabeled calibration images from DATA. "
                     f"With neither --model nor --data it runs the embedded default: the bundled {DEFAULT_MODEL} on "
                     "Fashion-MNIST at 90% with FCPTS, and prints dense vs sparse test accuracy.")
-    sp.add_argument("--model", help="bundled name (resnet20-fmnist, vit-fmnist), a folder (HF config.json or a "
+    sp.add_argument("--model", help="bundled name (resnet20-fmnist, vit-fmnist, mobilenet-fmnist), "
+                                 "a folder (HF config.json or a "
                                     "pts-hf output), or a timm model name (pretrained weights need internet)")
     sp.add_argument("--data", help="'fashion-mnist', a folder of class sub-folders of images, or a `datasets` "
                                    "folder / Hub name with an image column")

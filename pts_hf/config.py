@@ -287,6 +287,11 @@ class DistillationConfig(SparsityConfig):
         None, "Augment image calibration batches (teacher and student see the same view): 'flip' (horizontal), "
         "'crop' (random crop with 1/16-size reflection padding), 'flip_crop', or None."
     )
+    cache_teacher: bool | str = help_field(
+        "auto", "Keep the dense teacher's outputs per calibration batch instead of recomputing them every pass: "
+        "True, False, or 'auto' (on when the batches repeat unchanged: no augmentation, teacher in eval mode, one "
+        "process, data given as tensors or an unshuffled dataset; up to 512 MiB of outputs)."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -303,6 +308,8 @@ class DistillationConfig(SparsityConfig):
             raise ValueError("lr and weight_decay must be ≥ 0")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.cache_teacher not in (True, False, "auto"):
+            raise ValueError(f"cache_teacher must be True, False or 'auto', got {self.cache_teacher!r}")
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise TypeError("loss_fn must be callable")
 

@@ -150,7 +150,16 @@ def run_distillation(
 ) -> MethodOutcome:
     """Optimise ``model`` (prepared by ``sparsifier``) to match ``teacher`` on ``data`` for ``config.steps``."""
     n_batches = len(data)
-    if n_batches * 10 < config.steps:
+    samples = data.num_samples() if n_batches == 1 else None
+    batch_size = getattr(config, "batch_size", None)
+    if samples is not None and batch_size is not None and samples < batch_size:
+        warnings.warn(
+            f"calibration data holds {samples} samples, fewer than batch_size={batch_size}: every step uses the "
+            f"same {samples} samples, repeated {config.steps} times over the {config.steps} steps; more calibration "
+            "data would generalise better",
+            stacklevel=4,  # the user's pts_hf.sparsify(...) call
+        )
+    elif n_batches * 10 < config.steps:
         warnings.warn(
             f"calibration data holds {n_batches} batches for {config.steps} steps: each batch is seen "
             f"{config.steps / n_batches:.0f} times; more calibration data would generalise better",
@@ -184,6 +193,7 @@ def run_distillation(
     set_student_mode(wrapped, config.student_bn)
 
     history: list[dict[str, float]] = []
+    teacher_cache = _teacher_cache(config, data, accelerator)
     batches = _sharded(data, accelerator.process_index, accelerator.num_processes)
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + accelerator.process_index)
     ckpt: RunCheckpoint | None = sparsifier.run_checkpoint
@@ -215,7 +225,7 @@ def run_distillation(
                 _interrupted(ckpt, save(step), step, config.steps, bar)
             try:
                 _train_step(sparsifier, wrapped, teacher, raw, step, n_batches, accelerator, config, optimizers,
-                            schedulers, weight_params, device, aug_gen, history, bar)
+                            schedulers, weight_params, device, aug_gen, history, bar, teacher_cache)
             except KeyboardInterrupt:  # mid-update: the state is half-way; the last checkpoint is the one to use
                 _interrupted(ckpt, None, step, config.steps, bar)
             if stop.requested:
@@ -226,7 +236,9 @@ def run_distillation(
     save(config.steps)  # an interrupt in the finishing stages resumes after the loop
     model = accelerator.unwrap_model(wrapped)
     model.eval()
-    return MethodOutcome(extras={"steps": config.steps, "calibration_batches": n_batches}, history=history)
+    return MethodOutcome(extras={"steps": config.steps, "calibration_batches": n_batches,
+                                 "teacher_cached": teacher_cache is not None and not teacher_cache.full},
+                          history=history)
 
 
 def _interrupted(ckpt: RunCheckpoint | None, saved: Any, step: int, steps: int, bar: Any) -> None:
@@ -263,15 +275,65 @@ def _load_loop_state(sparsifier: PTSSparsifier, model: nn.Module, optimizers: li
         sch.load_state_dict(st)
 
 
+class _TeacherCache:
+    """The teacher's outputs per calibration batch index, up to ``limit`` bytes (then no new entries)."""
+
+    def __init__(self, limit: int) -> None:
+        self.outputs: dict[int, Any] = {}
+        self.bytes = 0
+        self.limit = limit
+        self.full = False
+
+    def get(self, key: int, compute: Any) -> Any:
+        if key in self.outputs:
+            return self.outputs[key]
+        out = compute()
+        if not self.full:
+            size = _nbytes(out)
+            if self.bytes + size > self.limit:
+                self.full = True
+            else:
+                self.outputs[key] = out
+                self.bytes += size
+        return out
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+TEACHER_CACHE_BYTES = 512 * 2**20
+
+
+def _teacher_cache(config: DistillationConfig, data: CalibrationData, accelerator: Any) -> _TeacherCache | None:
+    """A cache when the same batch index always holds the same teacher input (see ``cache_teacher``)."""
+    mode = config.cache_teacher
+    if mode is False or accelerator.num_processes != 1:
+        return None
+    if mode == "auto" and (config.augment or config.teacher_mode != "eval" or not data.repeats_identically):
+        return None
+    return _TeacherCache(TEACHER_CACHE_BYTES)
+
+
 def _train_step(sparsifier: PTSSparsifier, wrapped: nn.Module, teacher: nn.Module, raw: Any, step: int,
                 n_batches: int, accelerator: Any, config: DistillationConfig, optimizers: list, schedulers: list,
-                weight_params: list, device: Any, aug_gen: torch.Generator, history: list, bar: Any) -> None:
+                weight_params: list, device: Any, aug_gen: torch.Generator, history: list, bar: Any,
+                teacher_cache: _TeacherCache | None = None) -> None:
     """One optimisation step of the distillation loop."""
     batch = augment_batch(raw, config.augment, aug_gen)
     with accelerator.accumulate(wrapped):
         with accelerator.autocast():
             with torch.no_grad():
-                teacher_out = forward_batch(teacher, batch, device)
+                if teacher_cache is None:
+                    teacher_out = forward_batch(teacher, batch, device)
+                else:
+                    teacher_out = teacher_cache.get(step % n_batches, lambda: forward_batch(teacher, batch, device))
             student_out = forward_batch(wrapped, batch, device)
             loss, logs = sparsifier.compute_loss(student_out, teacher_out, epoch=step / n_batches)
         if not torch.isfinite(loss.detach()):

@@ -116,8 +116,10 @@ class ThresholdMask(PTSParametrization):
         kde_samples: int = 2048,
         bandwidth: float | str = "silverman",
         generator: torch.Generator | None = None,
+        srste_decay: float | None = None,
     ):
         super().__init__()
+        self.srste_decay = None if srste_decay is None else float(srste_decay)
         w = weight.detach().float()
         scale = w.pow(2).mean().sqrt().clamp_min(1e-12)
         self.register_buffer("scale", scale.to(weight.dtype))
@@ -174,7 +176,14 @@ class ThresholdMask(PTSParametrization):
             return weight * self.frozen_mask
         z = self.normalised(weight).abs()
         t = self.value()
-        hard = (z > t.detach()).to(weight.dtype)
+        keep = z > t.detach()
+        hard = keep.to(weight.dtype)
+        if self.srste_decay is not None and torch.is_grad_enabled():  # dense gradients: pruned weights can regrow
+            masked = _SRSTE.apply(weight, keep, self.srste_decay)
+            if self.ste and self.theta.requires_grad:
+                soft = torch.sigmoid((z - t) / self.ste_width).to(weight.dtype)
+                return masked + weight.detach() * (soft - soft.detach())
+            return masked
         if self.ste and torch.is_grad_enabled() and self.theta.requires_grad:
             soft = torch.sigmoid((z - t) / self.ste_width).to(weight.dtype)
             return weight * (hard + (soft - soft.detach()))

@@ -1,7 +1,7 @@
 """Checkpoints of a running sparsification, interrupt handling and resume.
 
 A :class:`RunCheckpoint` lives on the sparsifier (``sparsifier.run_checkpoint``) while ``pts_hf.sparsify`` runs
-with ``checkpoint_dir=`` / ``resume_from=``. The distillation loop (:mod:`pts_hf.training`) writes one every
+with ``checkpoint_dir=`` / ``resume_from=``. The distillation loop (:mod:`pts_hf.distillation`) writes one every
 ``every`` steps, after its last step, and when interrupted; UniPTS also writes one after its allocation search.
 
 What a checkpoint holds (``DIR/state.pt``, read with ``torch.load(weights_only=True)``: nothing is unpickled,

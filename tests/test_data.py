@@ -22,7 +22,7 @@ from pts_hf.data import (
     find_fashion_mnist_dir,
     read_idx,
 )
-from pts_hf.models import list_bundled, load_bundled, resnet20, vit_fmnist
+from pts_hf.models import list_bundled, load_bundled, mobilenet_fmnist, resnet20, vit_fmnist
 
 
 def _debian_dir() -> Path:
@@ -151,10 +151,18 @@ def test_vit_fmnist_shape() -> None:
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_mobilenet_has_depthwise_layers() -> None:
+    model = mobilenet_fmnist().eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 7 and all(m.groups == m.in_channels for m in depthwise)
+    assert sum(p.numel() for p in model.parameters()) < 100_000
+
+
 def test_load_bundled_unknown_name() -> None:
     with pytest.raises(ValueError, match="resnet20-fmnist"):
         load_bundled("resnet1000")
-    assert set(list_bundled()) == {"resnet20-fmnist", "vit-fmnist"}
+    assert set(list_bundled()) == {"resnet20-fmnist", "vit-fmnist", "mobilenet-fmnist"}
     model = load_bundled("resnet20-fmnist", pretrained=False)
     assert not model.training
 

@@ -239,3 +239,47 @@ def test_fixed_mask_tail_projects_early_and_keeps_masks():
     n = sum(r.layer_numel.values())
     assert round(r.global_sparsity * n) == round(0.8 * n)
     assert set(r.record.layer_values("learned_sparsity")) == set(r.layer_sparsity)
+
+
+def test_calibration_smaller_than_batch_warns_once_with_repeats():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pts_hf.sparsify(small_cnn(), X[:10], method="fcpts", sparsity=0.5, steps=12, batch_size=16, progress=False)
+    ours = [w for w in caught if "calibration data" in str(w.message)]
+    assert len(ours) == 1
+    assert "10 samples, fewer than batch_size=16" in str(ours[0].message)
+    assert "repeated 12 times" in str(ours[0].message)
+
+
+def test_cached_teacher_outputs_give_the_same_run():
+    kw = dict(method="fcpts", sparsity=0.7, steps=10, batch_size=16, progress=False, seed=3)
+    a = pts_hf.sparsify(small_cnn(), X, cache_teacher=False, **kw)
+    b = pts_hf.sparsify(small_cnn(), X, cache_teacher=True, **kw)
+    c = pts_hf.sparsify(small_cnn(), X, **kw)  # 'auto': tensor data, no augmentation → cached
+    cached = [x.record.extras["teacher_cached"] for x in (a, b, c)]
+    assert cached == [False, True, True]
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    d = pts_hf.sparsify(small_cnn(), X, augment="flip", **kw)  # augmented views differ each pass: no cache
+    assert not d.record.extras["teacher_cached"]
+    with pytest.raises(ValueError, match="cache_teacher"):
+        pts_hf.sparsify(small_cnn(), X, cache_teacher="yes", **kw)
+
+
+def test_dense_grad_lets_pruned_weights_regrow():
+    from pts_hf.parametrize import ThresholdMask
+
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for decay, pruned_grad in ((None, False), (1e-3, True)):
+        p = ThresholdMask(w, 1.0, srste_decay=decay)
+        out = p(w)
+        keep = p.current_mask(w)
+        assert torch.equal(out.detach(), (w * keep).detach())  # same forward either way
+        w.grad = None
+        out.sum().backward()
+        assert bool((w.grad[~keep] != 0).any()) is pruned_grad
+        assert p.theta.grad is not None  # the STE path to the threshold is kept
+    r = pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.8, dense_grad=True, **FAST)
+    assert r.global_sparsity == pytest.approx(0.8, abs=1e-3)
+    with pytest.raises(ValueError, match="srste_decay"):
+        pts_hf.sparsify(small_cnn(), X, method="fcpts", sparsity=0.8, dense_grad=True, srste_decay=-1.0, **FAST)

@@ -18,7 +18,7 @@ X = torch.randn(48, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 OPTS = {
     "fcpts": {"steps": 8, "batch_size": 16, "fixed_mask_tail": 0.5, "augment": "flip_crop", "threshold_lr": 0.05},
     "unipts": {"steps": 6, "batch_size": 16, "population": 3, "generations": 2, "parents": 2, "search_samples": 16,
-               "fitness_samples": 16, "mask_interval": 2},
+               "fitness_samples": 16, "mask_interval": 2, "search": True},
 }
 
 

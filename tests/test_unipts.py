@@ -13,7 +13,7 @@ from tests.tiny_models import small_cnn
 
 X = torch.randn(96, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 FAST = {"steps": 6, "batch_size": 16, "population": 4, "generations": 3, "parents": 2,
-        "search_samples": 32, "fitness_samples": 32}
+        "search_samples": 32, "fitness_samples": 32, "search": True}
 NUMELS = [432, 144, 4608, 320, 20000]
 
 
@@ -122,6 +122,15 @@ def test_one_call_api_exact_with_every_switch(ablation):
     assert round(r.global_sparsity * n) == round(0.9 * n)
     assert len(r.record.history) == 6
     assert ("search_seconds" in r.record.extras) == ablation.get("search", True)
+
+
+def test_default_allocation_is_erk_without_search():
+    opts = {k: v for k, v in FAST.items() if k != "search"}
+    r = pts_hf.sparsify(small_cnn(), X, method="unipts", sparsity=0.9, **opts)
+    assert "search_seconds" not in r.record.extras
+    erk = pts_hf.sparsify(small_cnn(), X, method="magnitude", sparsity=0.9, allocation="erk", progress=False)
+    for name, level in r.record.layer_values("initial_sparsity").items():
+        assert level == pytest.approx(erk.layer_sparsity[name], abs=1e-2)
 
 
 def test_top1_fitness_needs_labels():

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from torch import nn
 
+from .mobilenet_small import mobilenet_fmnist
 from .resnet_cifar import resnet20
 from .vit_small import vit_fmnist
 
-__all__ = ["BUNDLED_MODELS", "WEIGHTS_DIR", "list_bundled", "load_bundled", "resnet20", "vit_fmnist"]
+__all__ = ["BUNDLED_MODELS", "WEIGHTS_DIR", "list_bundled", "load_bundled", "mobilenet_fmnist", "resnet20",
+           "vit_fmnist"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -22,6 +24,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUNDLED_MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "resnet20-fmnist": (resnet20, "resnet20-fmnist.safetensors"),
     "vit-fmnist": (vit_fmnist, "vit-fmnist.safetensors"),
+    "mobilenet-fmnist": (mobilenet_fmnist, "mobilenet-fmnist.safetensors"),
 }
 
 

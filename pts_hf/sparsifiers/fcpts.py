@@ -52,6 +52,11 @@ class FCPTSConfig(DistillationConfig):
         0.0, "Fraction of the steps run after an early exact projection, with the masks fixed, so the weights "
         "adapt to the final masks (0 = project after the loop)."
     )
+    dense_grad: bool = help_field(
+        False, "SR-STE inside FCPTS: pruned weights get the dense (straight-through) gradient plus the decay "
+        "srste_decay·w, so they can grow back above the threshold (fixed masks after a projection stay fixed)."
+    )
+    srste_decay: float = help_field(5e-5, "SR-STE decay λ on pruned weights when dense_grad is on.")
     projection: str = help_field(
         "margin", "How the end projection closes the gap to the target: 'margin' (one global ranking of "
         "|W|/scale − t) or 'proportional' (every layer keeps the same fraction of its learned density)."
@@ -67,6 +72,8 @@ class FCPTSConfig(DistillationConfig):
             raise ValueError(f"ste_width must be > 0, got {self.ste_width!r}")
         if not 0.0 <= self.fixed_mask_tail < 1.0:
             raise ValueError(f"fixed_mask_tail must be in [0, 1), got {self.fixed_mask_tail!r}")
+        if not self.srste_decay >= 0:
+            raise ValueError(f"srste_decay must be ≥ 0, got {self.srste_decay!r}")
         if self.projection not in ("margin", "proportional"):
             raise ValueError(f"projection must be 'margin' or 'proportional', got {self.projection!r}")
         if not isinstance(self.kde_samples, int) or self.kde_samples < 2:
@@ -129,7 +136,8 @@ class FCPTSSparsifier(DistillingSparsifier):
         if o.nm is not None:  # N:M: weights train under |W|-chosen N:M masks recomputed each step (SR-STE)
             return DynamicMask(torch.ones_like(weight, dtype=torch.bool), NM_SRSTE_DECAY)
         p = ThresholdMask(weight, 0.0, ste=o.threshold_grad == "ste", ste_width=o.ste_width,
-                          kde_samples=o.kde_samples, bandwidth=o.bandwidth, generator=group["generator"])
+                          kde_samples=o.kde_samples, bandwidth=o.bandwidth, generator=group["generator"],
+                          srste_decay=o.srste_decay if o.dense_grad else None)
         p.set_value(_threshold_for(weight, p.scale, group["sparsity_level"]))
         return p
 
