@@ -110,8 +110,8 @@ def test_accelerator_settings_are_used_or_refused():
 
 
 def test_unipts_search_is_seeded_with_the_configured_allocation():
-    opts = {"search": True, "steps": 2, "batch_size": 16, "population": 2, "generations": 1, "parents": 1, "search_samples": 16,
-            "fitness_samples": 16, "progress": False}
+    opts = {"search": True, "steps": 2, "batch_size": 16, "population": 2, "generations": 1, "parents": 1,
+            "search_samples": 16, "fitness_samples": 16, "progress": False}
     uniform = pts_hf.sparsify(small_cnn(), X, method="unipts", sparsity=0.6, allocation="uniform", **opts)
     seed = uniform.record.layer_values("allocation_sparsity")
     assert all(v == pytest.approx(0.6) for v in seed.values())

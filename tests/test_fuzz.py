@@ -47,6 +47,7 @@ def _raised_by_pts_hf(e: BaseException) -> bool:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(shapes=[(3, 0)], sparsity=0.0, allocation="erk", seed=0)  # an empty weight (was a ZeroDivisionError)
+@example(shapes=[(1, 1), (300, 200)], sparsity=0.5, allocation="erk", seed=0)  # a half-way tie (was 1 zero off)
 @example(shapes=[(3, 0), (1, 1)], sparsity=0.5, allocation="lamp", seed=0)
 @example(shapes=[(1, 1)], sparsity=0.99, allocation="global", seed=0)
 @given(shapes=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4), sparsity=SPARSITY,

@@ -65,6 +65,12 @@ def erk(shapes: Sequence[torch.Size | tuple[int, ...]], sparsity: float, power: 
     return [0.0 if i in dense else min(1.0, max(0.0, 1.0 - eps * raw[i])) for i in range(len(shapes))]
 
 
+def round_zeros(x: float) -> int:
+    """Nearest integer of a summed zero count, as ``round(s·N)`` of the global target would give it: float noise
+    from adding per-layer levels (30000.500000001 for 0.5·60001) must not tip a half-way tie."""
+    return round(round(x, 6))
+
+
 def exact_counts(sparsities: Sequence[float], numels: Sequence[int], total_zeros: int | None = None) -> list[int]:
     """Integer zeros per layer, ``≈ s_l · N_l``, summing exactly to ``total_zeros``
     (default ``round(Σ s_l N_l)``), by the largest-remainder method within ``[0, N_l]``."""
@@ -72,7 +78,7 @@ def exact_counts(sparsities: Sequence[float], numels: Sequence[int], total_zeros
         raise ValueError(f"{len(sparsities)} sparsities for {len(numels)} layers")
     ideal = [min(max(float(s), 0.0), 1.0) * n for s, n in zip(sparsities, numels)]
     if total_zeros is None:
-        total_zeros = round(sum(ideal))
+        total_zeros = round_zeros(sum(ideal))
     if not 0 <= total_zeros <= sum(numels):
         raise ValueError(f"total_zeros={total_zeros} is outside [0, {sum(numels)}]")
     counts = [math.floor(x) for x in ideal]

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from pts_hf.config import SparsityConfig
 from pts_hf.layers import GemmLayout, gemm_layout
-from pts_hf.ops.allocation import NEEDS_ACTIVATIONS, allocate, exact_counts
+from pts_hf.ops.allocation import NEEDS_ACTIVATIONS, allocate, exact_counts, round_zeros
 from pts_hf.ops.nm import nm_mask
 from pts_hf.parametrize import PTSParametrization
 from pts_hf.record import MethodOutcome, RunRecord
@@ -268,7 +268,7 @@ class PTSSparsifier(BaseSparsifier):
     def exact_zero_counts(self) -> list[int]:
         levels = [min(max(g["sparsity_level"], 0.0), 1.0) for g in self.groups]
         numels = [g["numel"] for g in self.groups]
-        return exact_counts(levels, numels, round(sum(lv * n for lv, n in zip(levels, numels))))
+        return exact_counts(levels, numels, round_zeros(sum(lv * n for lv, n in zip(levels, numels))))
 
     @torch.no_grad()
     def layer_sparsity(self) -> dict[str, float]:
