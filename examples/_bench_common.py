@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,24 @@ def write_markdown(path: Path, tag: str, text: str) -> None:
     else:
         old = old.rstrip() + f"\n\n{block}\n"
     path.write_text(old)
+
+
+def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict], str], write: bool) -> str:
+    """Merge the rows of ``benchmarks/<t>.json`` for every ``t`` in ``tags`` (one dense row per model), print the
+    table ``markdown(rows, meta)`` and, with ``write``, save ``benchmarks/<tag>.json`` and its BENCHMARKS.md block."""
+    rows: list[dict] = []
+    metas = []
+    for t in tags:
+        data = json.loads((ROOT / "benchmarks" / f"{t}.json").read_text())
+        metas.append(data["meta"])
+        for r in data["rows"]:
+            if r["variant"] == "dense" and any(x["variant"] == "dense" and x["model"] == r["model"] for x in rows):
+                continue
+            rows.append(r)
+    meta = {**metas[0], "command": " ; ".join(m["command"] for m in metas), "date": max(m["date"] for m in metas)}
+    text = markdown(rows, meta)
+    print(text)
+    if write:
+        (ROOT / "benchmarks" / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        write_markdown(ROOT / "BENCHMARKS.md", tag, text)
+    return text

@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _bench_common import ROOT, machine, parse_variant, write_markdown
+from _bench_common import ROOT, combine_tags, machine, parse_variant, write_markdown
 from torch.utils.flop_counter import FlopCounterMode
 
 import pts_hf
@@ -171,20 +171,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def combine(args: argparse.Namespace) -> None:
-    rows, metas = [], []
-    for tag in args.combine:
-        data = json.loads((ROOT / "benchmarks" / f"{tag}.json").read_text())
-        metas.append(data["meta"])
-        for r in data["rows"]:
-            if r["variant"] == "dense" and any(x["variant"] == "dense" and x["model"] == r["model"] for x in rows):
-                continue
-            rows.append(r)
-    meta = {**metas[0], "command": " ; ".join(m["command"] for m in metas), "date": max(m["date"] for m in metas)}
-    text = markdown(rows, meta)
-    print(text)
-    if not args.no_write:
-        (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+    combine_tags(args.combine, args.tag, markdown, write=not args.no_write)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import sys
 import time
 
 import torch
-from _bench_common import ROOT, parse_variant, write_markdown
+from _bench_common import ROOT, combine_tags, parse_variant, write_markdown
 
 import pts_hf
 from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
@@ -95,21 +95,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def combine(args: argparse.Namespace) -> None:
-    rows, metas = [], []
-    for tag in args.combine:
-        data = json.loads((ROOT / "benchmarks" / f"{tag}.json").read_text())
-        metas.append(data["meta"])
-        for r in data["rows"]:
-            if r["variant"] == "dense" and any(x["variant"] == "dense" and x["model"] == r["model"] for x in rows):
-                continue
-            rows.append(r)
-    meta = {**metas[0], "command": " ; ".join(m["command"] for m in metas),
-            "date": max(m["date"] for m in metas)}
-    text = markdown(rows, meta)
-    print(text)
-    if not args.no_write:
-        (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+    combine_tags(args.combine, args.tag, markdown, write=not args.no_write)
 
 
 def main() -> None:
