@@ -25,13 +25,14 @@ from torch import nn
 
 from pts_hf.config import check_count, check_positive, help_field
 from pts_hf.ops.budget import ErrorCurve, diagonal_saliency, error_curve, obs_saliency, solve_budget
-from pts_hf.ops.obs import sparsegpt_prune
 from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats, Unit, run_pipeline
 from pts_hf.pipeline.reconstruct import block_error, micro_batches, reconstruct_block
 from pts_hf.pipeline.sequential import ReconstructFn
 from pts_hf.record import MethodOutcome
 from pts_hf.sparsifiers.layerwise import _DTYPES, LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
+from pts_hf.sparsifiers.sparsegpt import sparsegpt_layer
+from pts_hf.sparsifiers.wanda import wanda_layer
 from pts_hf.targets import Target
 
 __all__ = ["FCPTSBlockConfig", "FCPTSBlockSparsifier"]
@@ -226,13 +227,9 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
         o = self.method_config
-        if o.pruner == "sparsegpt" and stats is not None and stats.hessian is not None:
-            w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
-                                      o.blocksize, o.dampening)
-            return PrunedLayer(w, keep)
-        sq = None if stats is None or stats.sq_sum is None else stats.sq_sum
-        keep = wanda_keep_mask(weight, sq, n_zero, nm)
-        return PrunedLayer(weight * keep, keep)
+        if o.pruner == "sparsegpt":
+            return sparsegpt_layer(weight, stats, n_zero, nm, o.blocksize, o.dampening)
+        return wanda_layer(weight, stats, n_zero, nm)
 
     # --- 3. reconstruct -----------------------------------------------------------------------------------------
     def block_reconstruction(self) -> ReconstructFn | None:

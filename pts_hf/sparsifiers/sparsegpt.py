@@ -13,7 +13,7 @@ from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats
 from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 
-__all__ = ["SparseGPTConfig", "SparseGPTSparsifier"]
+__all__ = ["SparseGPTConfig", "SparseGPTSparsifier", "sparsegpt_layer"]
 
 
 @dataclass
@@ -40,9 +40,17 @@ class SparseGPTSparsifier(LayerwiseSparsifier):
 
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
-        if stats is None or stats.hessian is None:  # no activations: magnitude within rows, no update
-            keep = wanda_keep_mask(weight, None, n_zero, nm)
-            return PrunedLayer(weight * keep, keep)
-        w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
-                                  self.method_config.blocksize, self.method_config.dampening)
-        return PrunedLayer(w, keep)
+        o = self.method_config
+        return sparsegpt_layer(weight, stats, n_zero, nm, o.blocksize, o.dampening)
+
+
+def sparsegpt_layer(weight: torch.Tensor, stats: LayerStats | None, n_zero: int, nm: tuple[int, int] | None,
+                    blocksize: int, dampening: float) -> PrunedLayer:
+    """SparseGPT on one GEMM-view layer; without a Hessian (``step()`` outside calibration) magnitude within
+    rows, no update."""
+    if stats is None or stats.hessian is None:
+        keep = wanda_keep_mask(weight, None, n_zero, nm)
+        return PrunedLayer(weight * keep, keep)
+    w, keep = sparsegpt_prune(weight, stats.hessian.to(weight.device), None if nm else n_zero, nm,
+                              blocksize, dampening)
+    return PrunedLayer(w, keep)

@@ -12,7 +12,7 @@ from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats
 from pts_hf.sparsifiers.layerwise import LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 
-__all__ = ["WandaConfig", "WandaSparsifier"]
+__all__ = ["WandaConfig", "WandaSparsifier", "wanda_layer"]
 
 
 @dataclass
@@ -31,5 +31,11 @@ class WandaSparsifier(LayerwiseSparsifier):
 
     def prune_weight(self, weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
                      nm: tuple[int, int] | None) -> PrunedLayer:
-        keep = wanda_keep_mask(weight, None if stats is None else stats.sq_sum, n_zero, nm)
-        return PrunedLayer(weight * keep, keep)
+        return wanda_layer(weight, stats, n_zero, nm)
+
+
+def wanda_layer(weight: torch.Tensor, stats: LayerStats | None, n_zero: int,
+                nm: tuple[int, int] | None) -> PrunedLayer:
+    """Wanda's mask for one GEMM-view layer (by |W| within rows when there are no input norms); weights kept."""
+    keep = wanda_keep_mask(weight, None if stats is None else stats.sq_sum, n_zero, nm)
+    return PrunedLayer(weight * keep, keep)
