@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pts_hf.pipeline.sequential import first_tensor
+from pts_hf.pipeline.stats import process_count
+
 __all__ = ["BlockReconstruction", "block_error", "micro_batches", "reconstruct_block"]
 
 
@@ -28,14 +31,6 @@ class BlockReconstruction:
     before: float
     after: float
     losses: list[float] = field(default_factory=list)
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    elif isinstance(out, dict) and out:
-        out = next(iter(out.values()))
-    return out
 
 
 def _masked_sq_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor,
@@ -84,9 +79,7 @@ def micro_batches(calls: Sequence[Any], targets: Sequence[torch.Tensor], masks: 
 
 
 def _all_reduce_grads(params: Sequence[nn.Parameter]) -> None:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    world = torch.distributed.get_world_size()
+    world = process_count()
     if world < 2:
         return
     for p in params:
@@ -96,7 +89,7 @@ def _all_reduce_grads(params: Sequence[nn.Parameter]) -> None:
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if process_count() < 2:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
@@ -116,7 +109,7 @@ def _relative_loss(block: nn.Module, calls: Sequence[Any], targets: Sequence[tor
     num = den = 0.0
     with torch.no_grad():
         for call, y, m in zip(calls, targets, masks):
-            e, r = _masked_sq_error(_first_tensor(block(*call.args, **call.kwargs)), y, m)
+            e, r = _masked_sq_error(first_tensor(block(*call.args, **call.kwargs)), y, m)
             num, den = num + float(e), den + float(r)
     num, den = _all_reduce_sum([num, den], device)
     return num / max(den, 1e-30)
@@ -162,7 +155,7 @@ def reconstruct_block(
             for s in range(steps):
                 b = order[s % len(order)]
                 call = calls[b]
-                err, _ = _masked_sq_error(_first_tensor(block(*call.args, **call.kwargs)), targets[b], masks[b])
+                err, _ = _masked_sq_error(first_tensor(block(*call.args, **call.kwargs)), targets[b], masks[b])
                 loss = err / scale
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

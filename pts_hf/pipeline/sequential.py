@@ -30,7 +30,7 @@ from pts_hf.calibration import _forward_params, floating_dtype, model_device, sp
 from pts_hf.layers import gemm_layout
 from pts_hf.pipeline.blocks import Unit, find_units
 from pts_hf.pipeline.hooks import HookOwner, StopForward
-from pts_hf.pipeline.stats import LayerStats
+from pts_hf.pipeline.stats import LayerStats, process_count
 from pts_hf.targets import Target
 
 __all__ = ["PipelineReport", "run_pipeline"]
@@ -59,7 +59,8 @@ class _Call:
     output: Any = None
 
 
-def _first_tensor(out: Any) -> Any:
+def first_tensor(out: Any) -> Any:
+    """A module output's main tensor: itself, the first item of a tuple / list, the first value of a mapping."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out:
@@ -83,7 +84,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _chains(prev: _Call, cur: _Call, first: _Call) -> bool:
     """``cur`` takes ``prev``'s output as its first input and the same other arguments as the run's first unit."""
-    if not cur.args or not _same(_first_tensor(prev.output), cur.args[0]):
+    if not cur.args or not _same(first_tensor(prev.output), cur.args[0]):
         return False
     if len(cur.args) != len(first.args) or set(cur.kwargs) != set(first.kwargs):
         return False
@@ -190,7 +191,7 @@ class _Pipeline:
             for u in run:
                 if kind != "chain" or not u.targets:
                     continue
-                out = _first_tensor(calls[id(u)][0].output)
+                out = first_tensor(calls[id(u)][0].output)
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(
                         f"block {u.name or type(u.module).__name__!r} returns {type(out).__name__} as its output, "
@@ -250,7 +251,7 @@ class _Pipeline:
         """Batch ``b``'s input becomes the unit's output (same other arguments); the old activation is freed at
         once, so a block's inputs and outputs never both sit in memory in full."""
         call = inputs[b]
-        inputs[b] = _Call((_first_tensor(out), *call.args[1:]), call.kwargs)
+        inputs[b] = _Call((first_tensor(out), *call.args[1:]), call.kwargs)
 
     def chain(self, run: list[Unit], inputs: list[_Call], dense: list[_Call] | None = None) -> None:
         """Calibrate a chained run. With ``reconstruct``, ``dense`` carries the dense model's activations beside
@@ -270,7 +271,7 @@ class _Pipeline:
             if dense is not None:  # the unit is still dense: its outputs on dense inputs are the targets
                 with torch.no_grad():
                     for b in range(len(dense)):
-                        out = _first_tensor(unit.module(*dense[b].args, **dense[b].kwargs))
+                        out = first_tensor(unit.module(*dense[b].args, **dense[b].kwargs))
                         wanted.append(out)
                         self._advance(dense, b, out)
             with HookOwner() as hooks, torch.no_grad():
@@ -279,7 +280,7 @@ class _Pipeline:
                     mask_ref[0] = mask
                     out = unit.module(*inputs[b].args, **inputs[b].kwargs)
                     if recon and dense is None:  # independent mode: the inputs are the dense activations
-                        wanted.append(_first_tensor(out))
+                        wanted.append(first_tensor(out))
                     if not (rerun or last or recon):  # these (dense or target-free) outputs are the next inputs
                         self._advance(inputs, b, out)
                     del out
@@ -353,8 +354,9 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _shard(batches: list[Any]) -> list[Any]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    world = process_count()
+    if world > 1:
+        rank = torch.distributed.get_rank()
         mine = batches[rank::world]
         if not mine:
             raise ValueError(f"{len(batches)} calibration batch(es) for {world} processes: each needs at least one")

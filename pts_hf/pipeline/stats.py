@@ -7,9 +7,16 @@ from torch import nn
 
 from pts_hf.layers import GemmLayout, layer_input_columns
 
-__all__ = ["STATISTICS", "LayerStats"]
+__all__ = ["STATISTICS", "LayerStats", "process_count"]
 
 STATISTICS = frozenset({"hessian", "sq_sum", "mean"})
+
+
+def process_count() -> int:
+    """Processes of the initialised ``torch.distributed`` group (1 when there is none)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
 
 
 class LayerStats:
@@ -52,9 +59,7 @@ class LayerStats:
     @torch.no_grad()
     def all_reduce(self) -> None:
         """Sum the statistics over the processes of an initialised ``torch.distributed`` group."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        if torch.distributed.get_world_size() < 2:
+        if process_count() < 2:
             return
         g, c = self.layout.groups, self.layout.columns
         device = self._device()

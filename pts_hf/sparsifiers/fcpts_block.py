@@ -29,6 +29,7 @@ from pts_hf.ops.wanda import wanda_keep_mask
 from pts_hf.pipeline import LayerStats, Unit, run_pipeline
 from pts_hf.pipeline.reconstruct import block_error, micro_batches, reconstruct_block
 from pts_hf.pipeline.sequential import ReconstructFn
+from pts_hf.pipeline.stats import process_count
 from pts_hf.record import MethodOutcome
 from pts_hf.sparsifiers.layerwise import _DTYPES, LayerwiseConfig, LayerwiseSparsifier, PrunedLayer
 from pts_hf.sparsifiers.sparsegpt import sparsegpt_layer
@@ -159,9 +160,7 @@ class FCPTSBlockSparsifier(LayerwiseSparsifier):
                                                          calls, targets, masks)
 
         if o.budget == "block":  # the survey needs a few batches only (per process)
-            world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
-                torch.distributed.is_initialized() else 1
-            data = list(data)[: o.survey_batches * world]
+            data = list(data)[: o.survey_batches * process_count()]
         run_pipeline(model, self.group_targets(), data, frozenset({kind}), survey, sequential=False,
                      device=o.device, stats_dtype=_DTYPES[o.stats_dtype], progress=self.show_progress,
                      on_unused=lambda unused: None, reconstruct=measure if o.budget == "block" else None)
