@@ -33,15 +33,12 @@ class BlockReconstruction:
     losses: list[float] = field(default_factory=list)
 
 
-def _masked_sq_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
-    """(Σ squared error, Σ target²) over real tokens: ``mask`` ``[B, T]`` selects them in ``[B, T, ...]``."""
-    diff = (out.float() - target.float()).pow(2)
-    ref = target.float().pow(2)
-    if mask is not None and out.ndim >= 2 and tuple(out.shape[:2]) == tuple(mask.shape):
-        m = mask.to(out.device, torch.float32).reshape(*mask.shape, *([1] * (out.ndim - 2)))
-        diff, ref = diff * m, ref * m
-    return diff.sum(), ref.sum()
+def _masked_sq_sum(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Σ x² over real tokens: ``mask`` ``[B, T]`` selects them in ``[B, T, ...]``."""
+    sq = x.float().pow(2)
+    if mask is not None and x.ndim >= 2 and tuple(x.shape[:2]) == tuple(mask.shape):
+        sq = sq * mask.to(x.device, torch.float32).reshape(*mask.shape, *([1] * (x.ndim - 2)))
+    return sq.sum()
 
 
 def _batch_size(target: torch.Tensor) -> int:
@@ -109,8 +106,8 @@ def _relative_loss(block: nn.Module, calls: Sequence[Any], targets: Sequence[tor
     num = den = 0.0
     with torch.no_grad():
         for call, y, m in zip(calls, targets, masks):
-            e, r = _masked_sq_error(first_tensor(block(*call.args, **call.kwargs)), y, m)
-            num, den = num + float(e), den + float(r)
+            out = first_tensor(block(*call.args, **call.kwargs))
+            num, den = num + float(_masked_sq_sum(out.float() - y.float(), m)), den + float(_masked_sq_sum(y, m))
     num, den = _all_reduce_sum([num, den], device)
     return num / max(den, 1e-30)
 
@@ -146,7 +143,7 @@ def reconstruct_block(
     saved = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    ref = [float(_masked_sq_error(torch.zeros_like(y), y, m)[1]) for y, m in zip(targets, masks)]
+    ref = [float(_masked_sq_sum(y, m)) for y, m in zip(targets, masks)]
     scale = max(sum(ref) / max(len(ref), 1), 1e-30)
     order = torch.randperm(len(calls), generator=generator).tolist()
     losses = []
@@ -155,8 +152,8 @@ def reconstruct_block(
             for s in range(steps):
                 b = order[s % len(order)]
                 call = calls[b]
-                err, _ = _masked_sq_error(first_tensor(block(*call.args, **call.kwargs)), targets[b], masks[b])
-                loss = err / scale
+                out = first_tensor(block(*call.args, **call.kwargs))
+                loss = _masked_sq_sum(out.float() - targets[b].float(), masks[b]) / scale
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 _all_reduce_grads(params)
