@@ -1,14 +1,11 @@
 """One global sparsity budget split across layers by their measured error curves (a shared price for zeros).
 
-Each layer ``l`` has an error curve ``e_l(k)``: the relative output error of pruning its ``k`` least salient
-weights. The allocation minimises ``Σ_l a_l · e_l(k_l)`` subject to ``Σ_l k_l = K`` exactly (and
-``k_l ≤ cap_l``). For convex curves the optimum equalises the marginal price ``a_l · e_l'(k_l) = λ`` — one
-Lagrange multiplier shared by every layer, which is what makes a global constraint separable across blocks
-processed one at a time: each layer's curve is measured once, then a single solve fixes every count.
-
-With the saliency-sum curves used here (``e_l(k)`` = sum of the ``k`` smallest saliencies / the layer's output
-energy) the curves are convex, and the solve is a global threshold on the *normalised* saliencies
-``a_l · s_ij / E_l`` — computed from per-layer sorted samples, never materialising every weight at once.
+Each layer ``l`` has an error curve ``e_l(k)``: the error of pruning ``k`` of its weights, sampled at a few counts
+(measured block-output errors, or the saliency sums of :func:`error_curve`). The allocation minimises
+``Σ_l e_l(k_l)`` subject to ``Σ_l k_l = K`` exactly (and ``k_l ≤`` the curve's last count). On the curves' convex
+hulls the optimum equalises the marginal price ``e_l'(k_l) = λ`` — one Lagrange multiplier shared by every layer,
+which is what makes a global constraint separable across blocks processed one at a time: each layer's curve is
+measured once, then a single solve fixes every count.
 """
 
 from __future__ import annotations
@@ -27,9 +24,6 @@ class ErrorCurve:
 
     counts: list[int]
     values: list[float]
-
-    def scaled(self, factor: float) -> ErrorCurve:
-        return ErrorCurve(list(self.counts), [v * factor for v in self.values])
 
 
 def diagonal_saliency(weight: torch.Tensor, input_sq_mean: torch.Tensor) -> torch.Tensor:
