@@ -88,6 +88,13 @@ def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict
     text = markdown(rows, meta)
     print(text)
     if write:
-        (ROOT / "benchmarks" / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        write_markdown(ROOT / "BENCHMARKS.md", tag, text)
+        save_results(tag, meta, rows, text)
     return text
+
+
+def save_results(tag: str, meta: dict, rows: list[dict], text: str) -> None:
+    """``benchmarks/<tag>.json`` (the finished run replaces its ``.partial.json``) and the BENCHMARKS.md block."""
+    (ROOT / "benchmarks").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (ROOT / "benchmarks" / f"{tag}.partial.json").unlink(missing_ok=True)
+    write_markdown(ROOT / "BENCHMARKS.md", tag, text)

@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _bench_common import ROOT, combine_tags, machine, parse_variant, write_markdown
+from _bench_common import ROOT, combine_tags, machine, parse_variant, save_results
 from torch.utils.flop_counter import FlopCounterMode
 
 import pts_hf
@@ -206,10 +206,7 @@ def main() -> None:
     text = markdown(rows, meta)
     print(text)
     if not args.no_write:
-        (ROOT / "benchmarks").mkdir(exist_ok=True)
-        (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        (ROOT / "benchmarks" / f"{args.tag}.partial.json").unlink(missing_ok=True)
-        write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+        save_results(args.tag, meta, rows, text)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import time
 
 import torch
-from _bench_common import ROOT, combine_tags, parse_variant, write_markdown
+from _bench_common import ROOT, combine_tags, parse_variant, save_results
 
 import pts_hf
 from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
@@ -126,10 +126,7 @@ def main() -> None:
     text = markdown(rows, meta)
     print(text)
     if not args.no_write:
-        (ROOT / "benchmarks").mkdir(exist_ok=True)
-        (ROOT / "benchmarks" / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        (ROOT / "benchmarks" / f"{args.tag}.partial.json").unlink(missing_ok=True)
-        write_markdown(ROOT / "BENCHMARKS.md", args.tag, text)
+        save_results(args.tag, meta, rows, text)
 
 
 if __name__ == "__main__":
