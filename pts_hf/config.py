@@ -287,6 +287,14 @@ class DistillationConfig(SparsityConfig):
         None, "Augment image calibration batches (teacher and student see the same view): 'flip' (horizontal), "
         "'crop' (random crop with 1/16-size reflection padding), 'flip_crop', or None."
     )
+    feature_weight: float = help_field(
+        0.0, "Weight of intermediate-feature distillation: the normalised MSE between the student's and the dense "
+        "teacher's block outputs (feature_points), averaged over the points, added to the output loss (0 = off)."
+    )
+    feature_points: str | list[str] = help_field(
+        "blocks", "Modules whose outputs feature distillation compares: 'blocks' (found from the model's structure: "
+        "transformer layers, timm blocks, the children of CNN stages) or a list of module names."
+    )
     cache_teacher: bool | str = help_field(
         "auto", "Keep the dense teacher's outputs per calibration batch instead of recomputing them every pass: "
         "True, False, or 'auto' (on when the batches repeat unchanged: no augmentation, teacher in eval mode, one "
@@ -308,6 +316,12 @@ class DistillationConfig(SparsityConfig):
             raise ValueError("lr and weight_decay must be ≥ 0")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.feature_weight, (int, float)) or not self.feature_weight >= 0:
+            raise ValueError(f"feature_weight must be a number ≥ 0, got {self.feature_weight!r}")
+        points = self.feature_points
+        if not (points == "blocks" or (isinstance(points, (list, tuple)) and points
+                                       and all(isinstance(n, str) and n for n in points))):
+            raise ValueError(f"feature_points must be 'blocks' or a non-empty list of module names, got {points!r}")
         if self.cache_teacher not in (True, False, "auto"):
             raise ValueError(f"cache_teacher must be True, False or 'auto', got {self.cache_teacher!r}")
         if self.loss_fn is not None and not callable(self.loss_fn):

@@ -10,10 +10,12 @@ a user's own torch.ao-style loop would.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,8 @@ from torch import nn
 
 from pts_hf.calibration import CalibrationData, augment_batch, forward_batch, recalibrate_batchnorm
 from pts_hf.config import DistillationConfig
+from pts_hf.features import FeatureTap, feature_points
+from pts_hf.losses import feature_distillation
 from pts_hf.progress import progress_bar
 from pts_hf.record import MethodOutcome
 from pts_hf.resume import Interrupted, RunCheckpoint, stop_requests
@@ -82,6 +86,7 @@ def distill(sparsifier: PTSSparsifier, model: nn.Module, data: CalibrationData, 
     the loop, ``finalize``, BatchNorm re-estimation. The teacher is freed at the end."""
     config = sparsifier.method_config
     accelerator = make_accelerator(config, accelerator)
+    compared_points(sparsifier, model)  # a wrong feature_points name fails here, before the search or the loop
     teacher = dense_copy(model)
     outcome = sparsifier.before_training(model, data, teacher)
     outcome.merge(run_distillation(sparsifier, model, teacher, data, accelerator, config))
@@ -90,6 +95,18 @@ def distill(sparsifier: PTSSparsifier, model: nn.Module, data: CalibrationData, 
     outcome.extras["bn_batches"] = finish_batchnorm(model, data, accelerator, config)
     outcome.extras.setdefault("calibration_batches", len(data))
     return outcome
+
+
+def compared_points(sparsifier: PTSSparsifier, model: nn.Module) -> list[str]:
+    """The modules whose outputs feature distillation compares (none when ``feature_weight`` is 0)."""
+    config = sparsifier.method_config
+    if not config.feature_weight > 0:
+        return []
+    points = feature_points(model, sparsifier.group_targets(), config.feature_points)
+    if not points:
+        raise ValueError(f"feature_weight={config.feature_weight} but no block outputs were found to compare in "
+                         f"{type(model).__name__}; name them with feature_points=[...] or set feature_weight=0")
+    return points
 
 
 def cosine_with_warmup(steps: int, warmup: int):
@@ -181,6 +198,8 @@ def run_distillation(
     for opt in optimizers:
         schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt, lr_fn))
 
+    points = compared_points(sparsifier, model)
+    taps = (FeatureTap(model, points), FeatureTap(teacher, points)) if points else None
     teacher.requires_grad_(False)
     teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
     prepared = accelerator.prepare(model, *optimizers)
@@ -217,7 +236,7 @@ def run_distillation(
 
     bar = progress_bar(range(start, config.steps), desc=f"{sparsifier.method} {config.sparsity:.0%}",
                        enabled=sparsifier.show_progress and accelerator.is_main_process, unit="step")
-    with stop_requests(ckpt is not None and ckpt.directory is not None) as stop:
+    with stop_requests(ckpt is not None and ckpt.directory is not None) as stop, _removing(taps):
         for step in bar:
             try:
                 raw = next(batches)
@@ -225,7 +244,7 @@ def run_distillation(
                 _interrupted(ckpt, save(step), step, config.steps, bar)
             try:
                 _train_step(sparsifier, wrapped, teacher, raw, step, n_batches, accelerator, config, optimizers,
-                            schedulers, weight_params, device, aug_gen, history, bar, teacher_cache)
+                            schedulers, weight_params, device, aug_gen, history, bar, teacher_cache, taps)
             except KeyboardInterrupt:  # mid-update: the state is half-way; the last checkpoint is the one to use
                 _interrupted(ckpt, None, step, config.steps, bar)
             if stop.requested:
@@ -236,9 +255,22 @@ def run_distillation(
     save(config.steps)  # an interrupt in the finishing stages resumes after the loop
     model = accelerator.unwrap_model(wrapped)
     model.eval()
-    return MethodOutcome(extras={"steps": config.steps, "calibration_batches": n_batches,
-                                 "teacher_cached": teacher_cache is not None and not teacher_cache.full},
+    extras: dict[str, Any] = {"steps": config.steps, "calibration_batches": n_batches,
+                              "teacher_cached": teacher_cache is not None and not teacher_cache.full}
+    if points:
+        extras["feature_points"] = points
+    return MethodOutcome(extras=extras,
                           history=history)
+
+
+@contextlib.contextmanager
+def _removing(taps: tuple[FeatureTap, FeatureTap] | None) -> Iterator[None]:
+    """The feature taps stay on the models only for the loop (not for BatchNorm re-estimation or the user)."""
+    try:
+        yield
+    finally:
+        for tap in taps or ():
+            tap.remove()
 
 
 def _interrupted(ckpt: RunCheckpoint | None, saved: Any, step: int, steps: int, bar: Any) -> None:
@@ -324,18 +356,30 @@ def _teacher_cache(config: DistillationConfig, data: CalibrationData, accelerato
 def _train_step(sparsifier: PTSSparsifier, wrapped: nn.Module, teacher: nn.Module, raw: Any, step: int,
                 n_batches: int, accelerator: Any, config: DistillationConfig, optimizers: list, schedulers: list,
                 weight_params: list, device: Any, aug_gen: torch.Generator, history: list, bar: Any,
-                teacher_cache: _TeacherCache | None = None) -> None:
+                teacher_cache: _TeacherCache | None = None,
+                taps: tuple[FeatureTap, FeatureTap] | None = None) -> None:
     """One optimisation step of the distillation loop."""
     batch = augment_batch(raw, config.augment, aug_gen)
+
+    def run_teacher() -> Any:
+        out = forward_batch(teacher, batch, device)
+        return out if taps is None else (out, taps[1].take())
+
     with accelerator.accumulate(wrapped):
         with accelerator.autocast():
             with torch.no_grad():
                 if teacher_cache is None:
-                    teacher_out = forward_batch(teacher, batch, device)
+                    teacher_out = run_teacher()
                 else:
-                    teacher_out = teacher_cache.get(step % n_batches, lambda: forward_batch(teacher, batch, device))
+                    teacher_out = teacher_cache.get(step % n_batches, run_teacher)
             student_out = forward_batch(wrapped, batch, device)
+            if taps is not None:
+                teacher_out, teacher_feats = teacher_out
             loss, logs = sparsifier.compute_loss(student_out, teacher_out, epoch=step / n_batches)
+            if taps is not None:
+                feat = feature_distillation(taps[0].take(), teacher_feats)
+                loss = loss + config.feature_weight * feat.to(loss.device)
+                logs = {**logs, "feature": float(feat.detach())}
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "

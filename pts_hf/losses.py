@@ -14,6 +14,7 @@ __all__ = [
     "base_decayed_kl",
     "control_loss",
     "extract_output",
+    "feature_distillation",
     "feature_mse",
     "kl_distillation",
     "reconstruction_loss",
@@ -99,6 +100,16 @@ def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean squared error, normalised by the teacher's mean square so its scale is model-independent."""
     t = teacher.detach().float()
     return F.mse_loss(student.float(), t) / t.pow(2).mean().clamp_min(1e-12)
+
+
+def feature_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over the compared points of the normalised MSE between the student's and the teacher's features."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"feature distillation compares {len(student)} student and {len(teacher)} teacher "
+                         "features; both must record the same non-empty list of points")
+    for s, t in zip(student, teacher):
+        check_same_shape(s, t)
+    return sum(feature_mse(s, t) for s, t in zip(student, teacher)) / len(student)
 
 
 def reconstruction_loss(

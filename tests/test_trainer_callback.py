@@ -149,3 +149,23 @@ def test_callback_refuses_options_the_trainer_decides():
     for option in ({"mixed_precision": "bf16"}, {"gradient_accumulation_steps": 2}, {"steps": 10}):
         with pytest.raises(ValueError, match="TrainingArguments"):
             PTSCallback("fcpts", sparsity=0.5, **option)
+
+
+def test_callback_adds_feature_distillation_of_the_blocks():
+    from pts_hf.integrations.trainer import PTSCallback
+
+    model = TINY_MODELS["hf_bert"][0]()
+    cb = PTSCallback("fcpts", sparsity=0.8, feature_weight=2.0)
+
+    class Args:
+        learning_rate = 1e-4
+
+    cb.on_init_end(Args(), None, None, model=model)
+    assert cb._taps is not None and cb._taps[0].names == ["encoder.layer.0", "encoder.layer.1"]
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    model.train()
+    out = model(input_ids=ids)
+    logs = cb.history[0]
+    assert logs["feature"] > 0  # 80% of the weights are masked: the blocks' outputs differ from the dense ones
+    expected = logs["rec"] + logs["control"] + 2.0 * logs["feature"]
+    assert abs(float(out["loss"]) - expected) < 1e-4 * max(1.0, expected)

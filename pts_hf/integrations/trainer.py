@@ -33,7 +33,9 @@ import torch
 from transformers import TrainerCallback
 
 from pts_hf.checkpoint.io import RECORD_ATTR, finish_checkpoint, record_of
-from pts_hf.distillation import dense_copy
+from pts_hf.distillation import compared_points, dense_copy
+from pts_hf.features import FeatureTap
+from pts_hf.losses import feature_distillation
 from pts_hf.sparsifiers import get_sparsifier_class
 from pts_hf.sparsifiers.distilling import DistillingSparsifier
 
@@ -84,6 +86,7 @@ class PTSCallback(TrainerCallback):
         self.history: list[dict[str, float]] = []
         self._epoch = 0.0
         self._hook: Any = None
+        self._taps: tuple[FeatureTap, FeatureTap] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -93,6 +96,9 @@ class PTSCallback(TrainerCallback):
         self.teacher = dense_copy(model)
         sp = self.sparsifier
         sp.prepare(model)
+        points = compared_points(sp, model)
+        if points:  # feature distillation: block outputs of student and teacher, compared in the hook
+            self._taps = (FeatureTap(model, points), FeatureTap(self.teacher, points))
         sp.scale_extra_lr(args.learning_rate)
         sp.step()
         self._hook = model.register_forward_hook(self._distillation_hook, with_kwargs=True)
@@ -111,6 +117,9 @@ class PTSCallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        for tap in self._taps or ():
+            tap.remove()
+        self._taps = None
         sp = self.sparsifier
         outcome = sp.finalize()
         outcome.history = list(self.history)
@@ -146,6 +155,10 @@ class PTSCallback(TrainerCallback):
         with torch.no_grad():
             teacher_out = self.teacher(*args, **teacher_kwargs)
         loss, logs = self.sparsifier.compute_loss(output, teacher_out, epoch=self._epoch)
+        if self._taps is not None:
+            feat = feature_distillation(self._taps[0].take(), self._taps[1].take())
+            loss = loss + self.sparsifier.method_config.feature_weight * feat.to(loss.device)
+            logs = {**logs, "feature": float(feat.detach())}
         own = output.get("loss") if hasattr(output, "get") else None
         if own is not None and self.label_loss_weight > 0:
             loss = loss + self.label_loss_weight * own
