@@ -177,11 +177,16 @@ class SparsityConfig:
         data = dict(data)
         if isinstance(data.get("config"), dict) and "layers" in data:  # a sparsity_config.json or report.json
             data = dict(data["config"])
+        saved = "pts_hf_version" in data or "version" in data  # written by to_dict(), not typed by a user
         data.pop("pts_hf_version", None)
         target = cls._class_for(data.pop("method", None))
         if target is not cls:
             return target.from_dict(data, **overrides)
         version = data.pop("version", CONFIG_VERSION)
+        if saved:  # a config saved before a field existed replays with what the library did then
+            for name, then in PREDATING_DEFAULTS.items():
+                if name in cls.field_names() and name not in data:
+                    data[name] = then
         data.update(overrides)
         unknown = sorted(set(data) - cls.field_names())
         if unknown:
@@ -225,6 +230,11 @@ class SparsityConfig:
         if isinstance(options.get("loss_fn"), str):
             options["loss_fn"] = resolve_callable(options["loss_fn"])
         return cls(**options)
+
+
+# Fields added to format 1 whose default is not what the library did before they existed; a saved config
+# without them is replayed with the earlier behaviour.
+PREDATING_DEFAULTS: dict[str, Any] = {"feature_weight": 0.0}
 
 
 def callable_path(fn: Callable[..., Any]) -> str:
@@ -288,8 +298,9 @@ class DistillationConfig(SparsityConfig):
         "'crop' (random crop with 1/16-size reflection padding), 'flip_crop', or None."
     )
     feature_weight: float = help_field(
-        0.0, "Weight of intermediate-feature distillation: the normalised MSE between the student's and the dense "
-        "teacher's block outputs (feature_points), averaged over the points, added to the output loss (0 = off)."
+        1.0, "Weight of intermediate-feature distillation: the normalised MSE between the student's and the dense "
+        "teacher's block outputs (feature_points), averaged over the points, added to the output loss (0 = off; "
+        "models without blocks compare the output only)."
     )
     feature_points: str | list[str] = help_field(
         "blocks", "Modules whose outputs feature distillation compares: 'blocks' (found from the model's structure: "

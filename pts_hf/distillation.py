@@ -104,8 +104,9 @@ def compared_points(sparsifier: PTSSparsifier, model: nn.Module) -> list[str]:
         return []
     points = feature_points(model, sparsifier.group_targets(), config.feature_points)
     if not points:
-        raise ValueError(f"feature_weight={config.feature_weight} but no block outputs were found to compare in "
-                         f"{type(model).__name__}; name them with feature_points=[...] or set feature_weight=0")
+        logger.info("pts_hf: %s has no blocks whose outputs feature distillation could compare (feature_points="
+                    "'blocks'); only the output is compared. Name modules with feature_points=[...] to compare "
+                    "them", type(model).__name__)
     return points
 
 
@@ -257,7 +258,7 @@ def run_distillation(
     model.eval()
     extras: dict[str, Any] = {"steps": config.steps, "calibration_batches": n_batches,
                               "teacher_cached": teacher_cache is not None and not teacher_cache.full}
-    if points:
+    if config.feature_weight > 0:
         extras["feature_points"] = points
     return MethodOutcome(extras=extras,
                           history=history)
