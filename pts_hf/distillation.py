@@ -260,8 +260,7 @@ def run_distillation(
                               "teacher_cached": teacher_cache is not None and not teacher_cache.full}
     if config.feature_weight > 0:
         extras["feature_points"] = points
-    return MethodOutcome(extras=extras,
-                          history=history)
+    return MethodOutcome(extras=extras, history=history)
 
 
 @contextlib.contextmanager
