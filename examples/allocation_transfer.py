@@ -61,9 +61,10 @@ def main() -> None:
                "unipts_on_fcpts_allocation": evaluate_top1(learned, test)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = {"command": "python examples/allocation_transfer.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
-        "machine": machine(args.threads), "date": dt.date.today().isoformat(), "model": args.model}
+    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in vars(args).items())
+    meta = {"command": f"python examples/allocation_transfer.py {flags}", "machine": machine(args.threads),
+            "date": dt.date.today().isoformat(), "model": args.model}
     out = ROOT / "benchmarks" / f"{args.tag}.json"
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {out}")

@@ -232,8 +232,8 @@ class SparsityConfig:
         return cls(**options)
 
 
-# Fields added to format 1 whose default is not what the library did before they existed; a saved config
-# without them is replayed with the earlier behaviour.
+# Fields added to format 1 whose default (in some method) is not what the library did before they existed; a
+# saved config without them is replayed with the earlier behaviour (UniPTS's feature_weight is 3 now).
 PREDATING_DEFAULTS: dict[str, Any] = {"feature_weight": 0.0}
 
 
@@ -298,9 +298,10 @@ class DistillationConfig(SparsityConfig):
         "'crop' (random crop with 1/16-size reflection padding), 'flip_crop', or None."
     )
     feature_weight: float = help_field(
-        1.0, "Weight of intermediate-feature distillation: the normalised MSE between the student's and the dense "
+        0.0, "Weight of intermediate-feature distillation: the normalised MSE between the student's and the dense "
         "teacher's block outputs (feature_points), averaged over the points, added to the output loss (0 = off; "
-        "models without blocks compare the output only)."
+        "models without blocks compare the output only). Off for FCPTS: at its 500 steps it cost the ViT 0.9 "
+        "points at 90% (at 200 steps it gained 1.2 there and 0.9 on MobileNet; BENCHMARKS.md)."
     )
     feature_points: str | list[str] = help_field(
         "blocks", "Modules whose outputs feature distillation compares: 'blocks' (found from the model's structure: "

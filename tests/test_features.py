@@ -72,8 +72,8 @@ def test_feature_loss_is_zero_for_equal_features_and_scale_free():
 
 def test_loop_with_feature_distillation():
     kw = dict(method="fcpts", sparsity=0.7, steps=12, batch_size=16, progress=False, seed=3)
-    base = pts_hf.sparsify(StagedCNN(), X, feature_weight=0.0, **kw)
-    r = pts_hf.sparsify(StagedCNN(), X, **kw)  # on by default (weight 1)
+    base = pts_hf.sparsify(StagedCNN(), X, **kw)  # off by default for fcpts
+    r = pts_hf.sparsify(StagedCNN(), X, feature_weight=1.0, **kw)
     assert r.record.extras["feature_points"] == ["stage.0", "stage.1"]
     assert "feature_points" not in base.record.extras
     feats = [h["feature"] for h in r.record.history]
@@ -91,10 +91,9 @@ def test_loop_with_feature_distillation():
     # a model without blocks: only the output is compared, and the record says so
     flat = pts_hf.sparsify(small_cnn(), X, feature_weight=1.0, **kw)
     assert flat.record.extras["feature_points"] == [] and "feature" not in flat.record.history[-1]
-    # unipts goes through the same loop
-    u = pts_hf.sparsify(StagedCNN(), X, method="unipts", sparsity=0.7, steps=6, batch_size=16, progress=False,
-                        feature_weight=0.5)
-    assert u.record.extras["feature_points"] == ["stage.0", "stage.1"]
+    # unipts goes through the same loop, with the comparison on by default (weight 3)
+    u = pts_hf.sparsify(StagedCNN(), X, method="unipts", sparsity=0.7, steps=6, batch_size=16, progress=False)
+    assert u.config.feature_weight == 3.0 and u.record.extras["feature_points"] == ["stage.0", "stage.1"]
 
 
 def test_bad_feature_options_fail_before_any_work(monkeypatch):
@@ -116,8 +115,8 @@ def test_bad_feature_options_fail_before_any_work(monkeypatch):
 def test_a_config_saved_before_feature_distillation_replays_without_it():
     from pts_hf.config import SparsityConfig
 
-    cfg = SparsityConfig.from_dict({"method": "fcpts", "sparsity": 0.9, "version": 1})
+    cfg = SparsityConfig.from_dict({"method": "unipts", "sparsity": 0.9, "version": 1})
     assert cfg.feature_weight == 0.0  # saved (version stamped) before the field existed: the old behaviour
-    assert SparsityConfig.from_dict({"method": "fcpts", "sparsity": 0.9}).feature_weight == 1.0  # typed: default
-    now = pts_hf.FCPTSConfig(sparsity=0.9)
-    assert SparsityConfig.from_dict(now.to_dict()).feature_weight == 1.0
+    assert SparsityConfig.from_dict({"method": "unipts", "sparsity": 0.9}).feature_weight == 3.0  # typed: default
+    now = pts_hf.UniPTSConfig(sparsity=0.9)
+    assert SparsityConfig.from_dict(now.to_dict()).feature_weight == 3.0

@@ -67,6 +67,11 @@ class UniPTSConfig(DistillationConfig):
     dynamic: bool = help_field(True, "Dynamic sparse training: masks recomputed from |W| while training.")
     mask_interval: int = help_field(1, "Recompute dynamic masks every this many optimizer steps.")
     srste_decay: float = help_field(5e-5, "SR-STE decay λ on pruned weights: gradient + λ·(1 − m)·w.")
+    feature_weight: float = help_field(
+        3.0, "Weight of intermediate-feature distillation (block outputs vs the dense model's; see "
+        "DistillationConfig). On for UniPTS: on ResNet-20 at 200 steps +0.8 / +0.5 points at 90 / 95% with weight "
+        "1, and weight 3 above 1 at 200 and 500 steps (BENCHMARKS.md); 0 = off."
+    )
 
     def validate(self) -> None:
         super().validate()
