@@ -72,9 +72,20 @@ def write_markdown(path: Path, tag: str, text: str) -> None:
     path.write_text(old)
 
 
-def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict], str], write: bool) -> str:
+def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict], str], write: bool,
+                 relabel: list[str] | None = None) -> str:
     """Merge the rows of ``benchmarks/<t>.json`` for every ``t`` in ``tags`` (one dense row per model), print the
-    table ``markdown(rows, meta)`` and, with ``write``, save ``benchmarks/<tag>.json`` and its BENCHMARKS.md block."""
+    table ``markdown(rows, meta)`` and, with ``write``, save ``benchmarks/<tag>.json`` and its BENCHMARKS.md block.
+
+    ``relabel``: ``"TAG:VARIANT->LABEL"`` entries naming a row of one run by the options it ran with, e.g. after a
+    default changed (``acc-x:unipts->unipts:feature_weight=1``); they are listed in the table's command line."""
+    renames = {}
+    for entry in relabel or []:
+        where, _, label = entry.partition("->")
+        src, _, variant = where.partition(":")
+        if not (src and variant and label) or src not in tags:
+            raise SystemExit(f"--relabel {entry!r}: expected TAG:VARIANT->LABEL with TAG one of {tags}")
+        renames[(src, variant)] = label
     rows: list[dict] = []
     metas = []
     for t in tags:
@@ -83,8 +94,11 @@ def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict
         for r in data["rows"]:
             if r["variant"] == "dense" and any(x["variant"] == "dense" and x["model"] == r["model"] for x in rows):
                 continue
-            rows.append(r)
-    meta = {**metas[0], "command": " ; ".join(m["command"] for m in metas), "date": max(m["date"] for m in metas)}
+            rows.append({**r, "variant": renames.get((t, r["variant"]), r["variant"])})
+    command = " ; ".join(m["command"] for m in metas)
+    if renames:
+        command += " (rows relabelled by the options they ran with: " + ", ".join(relabel or []) + ")"
+    meta = {**metas[0], "command": command, "date": max(m["date"] for m in metas)}
     text = markdown(rows, meta)
     print(text)
     if write:

@@ -123,13 +123,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                                      "search_seconds": r.record.extras.get("search_seconds")})
                         print(f"    seed {seed}: top-1 {runs[-1]['top1']:.2f}%  {cpu:.1f} CPU s  "
                               f"ratio {runs[-1]['ratio']:.0f}", flush=True)
-                    top1 = [x["top1"] for x in runs]
                     row = {"model": model_name, "variant": variant, "sparsity": s, "calib": calib_n,
-                           "top1": statistics.median(top1), "top1_min": min(top1), "top1_max": max(top1),
-                           "ratio": statistics.median(x["ratio"] for x in runs),
-                           "gflop": statistics.median(x["gflop"] for x in runs),
-                           "flop_ratio": statistics.median(x["flop_ratio"] for x in runs),
-                           "achieved": runs[0]["achieved"], "runs": runs}
+                           **summary(runs)}
                     rows.append(row)
                     if not args.no_write:
                         (ROOT / "benchmarks").mkdir(exist_ok=True)
@@ -140,7 +135,31 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def summary(runs: list[dict]) -> dict:
+    """A cell's numbers from its runs: median and range of top-1, median cost."""
+    top1 = [x["top1"] for x in runs]
+    return {"top1": statistics.median(top1), "top1_min": min(top1), "top1_max": max(top1),
+            "ratio": statistics.median(x["ratio"] for x in runs), "gflop": statistics.median(x["gflop"] for x in runs),
+            "flop_ratio": statistics.median(x["flop_ratio"] for x in runs), "achieved": runs[0]["achieved"],
+            "runs": runs}
+
+
+def merged(rows: list[dict]) -> list[dict]:
+    """One row per cell (model, variant, calibration size, sparsity): the runs of a cell measured in several
+    invocations (e.g. further seeds run later) are pooled; a seed run twice counts once (the first)."""
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["variant"], r.get("calib"), r["sparsity"])
+        if key not in cells:
+            cells[key] = dict(r)
+            continue
+        seen = {x["seed"] for x in cells[key]["runs"]}
+        cells[key] = {**cells[key], **summary(cells[key]["runs"] + [x for x in r["runs"] if x["seed"] not in seen])}
+    return list(cells.values())
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
+    rows = merged(rows)
     draw = (f"drawn afresh for each seed (seed {meta['calib_seed']} + run seed)" if meta.get("vary_calib")
             else f"drawn once with seed {meta['calib_seed']}")
     lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; date {meta['date']}; calibration images "
@@ -171,7 +190,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def combine(args: argparse.Namespace) -> None:
-    combine_tags(args.combine, args.tag, markdown, write=not args.no_write)
+    combine_tags(args.combine, args.tag, markdown, write=not args.no_write, relabel=args.relabel)
 
 
 def main() -> None:
@@ -192,6 +211,8 @@ def main() -> None:
     p.add_argument("--tag", default="accuracy", help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--combine", nargs="+", metavar="TAG", help="run nothing: merge earlier benchmarks/<TAG>.json")
+    p.add_argument("--relabel", nargs="+", metavar="TAG:VARIANT->LABEL",
+                   help="with --combine: name a run's rows by the options they ran with (after a default changed)")
     args = p.parse_args()
     if args.combine:
         combine(args)

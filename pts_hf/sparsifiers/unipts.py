@@ -45,8 +45,9 @@ class UniPTSConfig(DistillationConfig):
 
     search: bool = help_field(False, "Evolutionary allocation search seeded with the `allocation` (True; skipped for "
                                      "N:M masks, which fix every layer's sparsity) or the `allocation` as is, ERK by "
-                                     "default (False, the default: on ResNet-20 at 90 and 95% ERK beat the search "
-                                     "after training in all 3 seeds, at a third of the cost; BENCHMARKS.md).")
+                                     "default (False, the default: on ResNet-20 ERK beat the search after training "
+                                     "at 90% in all 3 seeds and tied at 95%, at a third of the cost; "
+                                     "BENCHMARKS.md).")
     search_space: str = help_field("regrow", "'regrow' (P_e = P+δ, regrow δ·N by softmax of genes: UniPTS) or "
                                              "'logit' (any layer in [0, max_layer_sparsity]).")
     delta: float = help_field(0.05, "δ of the reducing-regrowing scheme: layers are first reduced to P + δ.")
