@@ -3,8 +3,9 @@ allocation from FCPTS instead of its evolutionary search.)
 
 For each sparsity: FCPTS runs with its defaults (``--steps``), its final per-layer sparsities (after the exact
 projection, so they hit the target) become the torch.ao per-tensor ``sparsity_level`` of a UniPTS run (dynamic
-sparse training, same steps), next to UniPTS on ERK (its default). Top-1 on the Fashion-MNIST test split; raw
-results to ``benchmarks/<tag>.json``.
+sparse training, same steps), next to UniPTS on ERK (its default). All three runs use the same
+``--feature-weight`` (block-output distillation; 1 when the BENCHMARKS.md numbers were measured). Top-1 on the
+Fashion-MNIST test split; raw results to ``benchmarks/<tag>.json``.
 
     python examples/allocation_transfer.py --sparsities 0.9 0.95 --steps 200
 """
@@ -26,11 +27,11 @@ from pts_hf.models import load_bundled
 from pts_hf.sparsifiers import get_sparsifier_class
 
 
-def unipts_on(dense: torch.nn.Module, calib: torch.Tensor, sparsity: float, steps: int, seed: int,
-              levels: dict[str, float]) -> torch.nn.Module:
+def unipts_on(dense: torch.nn.Module, calib: torch.Tensor, levels: dict[str, float], **options: float
+              ) -> torch.nn.Module:
     """UniPTS through its torch.ao interface, every tensor's sparsity given."""
     model = copy.deepcopy(dense)
-    sp = get_sparsifier_class("unipts")(sparsity=sparsity, steps=steps, seed=seed)
+    sp = get_sparsifier_class("unipts")(**options)
     sp.show_progress = False
     sp.prepare(model, config=[{"tensor_fqn": k, "sparsity_level": v} for k, v in levels.items()])
     sp.calibrate(model, CalibrationData(calib, 64))
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-weight", type=float, default=1.0, help="feature_weight of all three runs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="allocation-transfer")
     args = p.parse_args()
@@ -53,10 +55,10 @@ def main() -> None:
     dense = load_bundled(args.model)
     rows = []
     for s in args.sparsities:
-        kw = dict(sparsity=s, steps=args.steps, seed=args.seed, progress=False)
-        fcpts = pts_hf.sparsify(dense, calib, method="fcpts", **kw)
-        erk = pts_hf.sparsify(dense, calib, method="unipts", **kw)
-        learned = unipts_on(dense, calib, s, args.steps, args.seed, fcpts.layer_sparsity)
+        kw = dict(sparsity=s, steps=args.steps, seed=args.seed, feature_weight=args.feature_weight)
+        fcpts = pts_hf.sparsify(dense, calib, method="fcpts", progress=False, **kw)
+        erk = pts_hf.sparsify(dense, calib, method="unipts", progress=False, **kw)
+        learned = unipts_on(dense, calib, fcpts.layer_sparsity, **kw)
         row = {"sparsity": s, "fcpts": evaluate_top1(fcpts.model, test), "unipts_erk": evaluate_top1(erk.model, test),
                "unipts_on_fcpts_allocation": evaluate_top1(learned, test)}
         rows.append(row)
