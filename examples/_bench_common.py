@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import os
 import platform
 import re
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,9 +110,44 @@ def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict
     return text
 
 
+def save_partial(tag: str, rows: list[dict]) -> None:
+    """``benchmarks/<tag>.partial.json``: the cells finished so far, kept if a long run is interrupted."""
+    (ROOT / "benchmarks").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / f"{tag}.partial.json").write_text(json.dumps(rows, indent=2))
+
+
 def save_results(tag: str, meta: dict, rows: list[dict], text: str) -> None:
     """``benchmarks/<tag>.json`` (the finished run replaces its ``.partial.json``) and the BENCHMARKS.md block."""
     (ROOT / "benchmarks").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (ROOT / "benchmarks" / f"{tag}.partial.json").unlink(missing_ok=True)
     write_markdown(ROOT / "BENCHMARKS.md", tag, text)
+
+
+def add_output_args(p: argparse.ArgumentParser, default_tag: str) -> None:
+    """``--tag``, ``--no-write``, ``--combine`` and ``--relabel``: where a benchmark's table goes, or which earlier
+    runs to merge into one table instead of running."""
+    p.add_argument("--tag", default=default_tag, help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--combine", nargs="+", metavar="TAG",
+                   help="run nothing: merge benchmarks/<TAG>.json of earlier runs into one table under --tag")
+    p.add_argument("--relabel", nargs="+", metavar="TAG:VARIANT->LABEL",
+                   help="with --combine: name a run's rows by the options they ran with (after a default changed)")
+
+
+def run_or_combine(args: argparse.Namespace, script: str, run: Callable[[argparse.Namespace], list[dict]],
+                   markdown: Callable[[list[dict], dict], str], meta: Callable[[argparse.Namespace], dict]) -> None:
+    """A benchmark script's main flow: with ``--combine`` merge earlier runs; else ``run(args)``, print the table
+    and (unless ``--no-write``) save it. ``meta(args)`` adds the script's own fields to command and date."""
+    if args.combine:
+        combine_tags(args.combine, args.tag, markdown, write=not args.no_write, relabel=args.relabel)
+        return
+    start = time.time()
+    rows = run(args)
+    info = {"command": f"python examples/{script} " + " ".join(sys.argv[1:]), **meta(args),
+            "date": dt.date.today().isoformat(), "eval": args.eval_samples or 10000,
+            "total_seconds": round(time.time() - start, 1)}
+    text = markdown(rows, info)
+    print(text)
+    if not args.no_write:
+        save_results(args.tag, info, rows, text)

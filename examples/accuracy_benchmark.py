@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _bench_common import ROOT, combine_tags, machine, parse_variant, save_results
+from _bench_common import add_output_args, machine, parse_variant, run_or_combine, save_partial
 from torch.utils.flop_counter import FlopCounterMode
 
 import pts_hf
@@ -127,8 +124,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                            **summary(runs)}
                     rows.append(row)
                     if not args.no_write:
-                        (ROOT / "benchmarks").mkdir(exist_ok=True)
-                        (ROOT / "benchmarks" / f"{args.tag}.partial.json").write_text(json.dumps(rows, indent=2))
+                        save_partial(args.tag, rows)
                     print(f"  {variant:<44} {s:.2f} calib {calib_n}: top-1 {row['top1']:6.2f}% "
                           f"({row['top1_min']:.2f}–{row['top1_max']:.2f})  ratio {row['ratio']:.0f}  "
                           f"{row['gflop']:.0f} GFLOP ({row['flop_ratio']:.0f} dense steps)", flush=True)
@@ -189,10 +185,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def combine(args: argparse.Namespace) -> None:
-    combine_tags(args.combine, args.tag, markdown, write=not args.no_write, relabel=args.relabel)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20-fmnist"])
@@ -208,27 +200,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell (median and min–max reported)")
     p.add_argument("--eval-samples", type=int, help="evaluate on a seeded subset (default: all 10k)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--tag", default="accuracy", help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
-    p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--combine", nargs="+", metavar="TAG", help="run nothing: merge earlier benchmarks/<TAG>.json")
-    p.add_argument("--relabel", nargs="+", metavar="TAG:VARIANT->LABEL",
-                   help="with --combine: name a run's rows by the options they ran with (after a default changed)")
-    args = p.parse_args()
-    if args.combine:
-        combine(args)
-        return
-    start = time.time()
-    rows = run(args)
-    meta = {"command": "python examples/accuracy_benchmark.py " + " ".join(sys.argv[1:]),
-            "machine": f"shared 2-core CPU box, {machine(args.threads)}",
-            "date": dt.date.today().isoformat(), "calib_seed": args.calib_seed, "seeds": args.seeds,
-            "vary_calib": args.vary_calib,
-            "eval": args.eval_samples or 10000, "total_seconds": round(time.time() - start, 1)}
-    text = markdown(rows, meta)
-    print(text)
-    if not args.no_write:
-        save_results(args.tag, meta, rows, text)
-
+    add_output_args(p, "accuracy")
+    run_or_combine(p.parse_args(), "accuracy_benchmark.py", run, markdown, lambda args: {
+        "machine": f"shared 2-core CPU box, {machine(args.threads)}", "calib_seed": args.calib_seed,
+        "seeds": args.seeds, "vary_calib": args.vary_calib})
 
 if __name__ == "__main__":
     main()

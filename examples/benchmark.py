@@ -14,15 +14,11 @@ A variant is ``method[:key=value,...]`` with the method's options, e.g. ``magnit
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import platform
 import statistics
-import sys
-import time
 
 import torch
-from _bench_common import ROOT, combine_tags, parse_variant, save_results
+from _bench_common import add_output_args, parse_variant, run_or_combine, save_partial
 
 import pts_hf
 from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
@@ -62,9 +58,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if seeds[0][3] is not None:
                     row["search_seconds"] = statistics.median(x[3] for x in seeds)
                 rows.append(row)
-                if not args.no_write:  # keep partial results if a long run is interrupted
-                    (ROOT / "benchmarks").mkdir(exist_ok=True)
-                    (ROOT / "benchmarks" / f"{args.tag}.partial.json").write_text(json.dumps(rows, indent=2))
+                if not args.no_write:
+                    save_partial(args.tag, rows)
                 print(f"  {variant:<40} {s:.2f}  achieved {row['achieved']:.5f}  top-1 {top1:6.2f}%  "
                       f"{row['seconds']:7.1f}s", flush=True)
     return rows
@@ -94,10 +89,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def combine(args: argparse.Namespace) -> None:
-    combine_tags(args.combine, args.tag, markdown, write=not args.no_write)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20-fmnist"])
@@ -109,25 +100,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="seeds per cell (median reported)")
     p.add_argument("--eval-samples", type=int, help="evaluate on a seeded subset (default: all 10k)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tag", default="main", help="table name in BENCHMARKS.md and benchmarks/<tag>.json")
-    p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--combine", nargs="+", metavar="TAG",
-                   help="run nothing: merge benchmarks/<TAG>.json of earlier runs into one table under --tag")
-    args = p.parse_args()
-    if args.combine:
-        combine(args)
-        return
-    start = time.time()
-    rows = run(args)
-    meta = {"command": "python examples/benchmark.py " + " ".join(sys.argv[1:]),
-            "machine": f"{platform.machine()}, {args.threads} CPU thread(s), torch {torch.__version__}",
-            "date": dt.date.today().isoformat(), "calib": args.calib, "seed": args.seed, "repeats": args.repeats,
-            "eval": args.eval_samples or 10000, "total_seconds": round(time.time() - start, 1)}
-    text = markdown(rows, meta)
-    print(text)
-    if not args.no_write:
-        save_results(args.tag, meta, rows, text)
-
+    add_output_args(p, "main")
+    run_or_combine(p.parse_args(), "benchmark.py", run, markdown, lambda args: {
+        "machine": f"{platform.machine()}, {args.threads} CPU thread(s), torch {torch.__version__}",
+        "calib": args.calib, "seed": args.seed, "repeats": args.repeats})
 
 if __name__ == "__main__":
     main()
