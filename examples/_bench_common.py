@@ -83,6 +83,8 @@ def combine_tags(tags: list[str], tag: str, markdown: Callable[[list[dict], dict
 
     ``relabel``: ``"TAG:VARIANT->LABEL"`` entries naming a row of one run by the options it ran with, e.g. after a
     default changed (``acc-x:unipts->unipts:feature_weight=1``); they are listed in the table's command line."""
+    if relabel and tag in tags:  # the merged rows would replace the raw ones they were relabelled from
+        raise SystemExit(f"--relabel writes relabelled rows: give --tag a new name, not one of {tags}")
     renames = {}
     for entry in relabel or []:
         where, _, label = entry.partition("->")
