@@ -110,6 +110,13 @@ def compared_points(sparsifier: PTSSparsifier, model: nn.Module) -> list[str]:
     return points
 
 
+def add_feature_loss(loss: torch.Tensor, logs: dict[str, float], student_feats: list[torch.Tensor],
+                     teacher_feats: list[torch.Tensor], weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The method's loss plus ``weight`` × the block-output comparison, and the logs with its value."""
+    feat = feature_distillation(student_feats, teacher_feats)
+    return loss + weight * feat.to(loss.device), {**logs, "feature": float(feat.detach())}
+
+
 def cosine_with_warmup(steps: int, warmup: int):
     """LR multiplier: linear warm-up, then cosine decay to 0 at ``steps``."""
 
@@ -377,9 +384,7 @@ def _train_step(sparsifier: PTSSparsifier, wrapped: nn.Module, teacher: nn.Modul
                 teacher_out, teacher_feats = teacher_out
             loss, logs = sparsifier.compute_loss(student_out, teacher_out, epoch=step / n_batches)
             if taps is not None:
-                feat = feature_distillation(taps[0].take(), teacher_feats)
-                loss = loss + config.feature_weight * feat.to(loss.device)
-                logs = {**logs, "feature": float(feat.detach())}
+                loss, logs = add_feature_loss(loss, logs, taps[0].take(), teacher_feats, config.feature_weight)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "

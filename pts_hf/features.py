@@ -93,4 +93,3 @@ class FeatureTap:
             h.remove()
         self._handles = []
         self._seen.clear()
-

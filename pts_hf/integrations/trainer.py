@@ -33,9 +33,8 @@ import torch
 from transformers import TrainerCallback
 
 from pts_hf.checkpoint.io import RECORD_ATTR, finish_checkpoint, record_of
-from pts_hf.distillation import compared_points, dense_copy
+from pts_hf.distillation import add_feature_loss, compared_points, dense_copy
 from pts_hf.features import FeatureTap
-from pts_hf.losses import feature_distillation
 from pts_hf.sparsifiers import get_sparsifier_class
 from pts_hf.sparsifiers.distilling import DistillingSparsifier
 
@@ -156,9 +155,8 @@ class PTSCallback(TrainerCallback):
             teacher_out = self.teacher(*args, **teacher_kwargs)
         loss, logs = self.sparsifier.compute_loss(output, teacher_out, epoch=self._epoch)
         if self._taps is not None:
-            feat = feature_distillation(self._taps[0].take(), self._taps[1].take())
-            loss = loss + self.sparsifier.method_config.feature_weight * feat.to(loss.device)
-            logs = {**logs, "feature": float(feat.detach())}
+            loss, logs = add_feature_loss(loss, logs, self._taps[0].take(), self._taps[1].take(),
+                                          self.sparsifier.method_config.feature_weight)
         own = output.get("loss") if hasattr(output, "get") else None
         if own is not None and self.label_loss_weight > 0:
             loss = loss + self.label_loss_weight * own
