@@ -72,8 +72,9 @@ def run_flops(details: dict, options: dict, method: str, fwd: float, train: floa
     if method == "magnitude":
         return fwd * n_batches  # BatchNorm re-estimation only
     steps = details.get("steps", 0)
-    teacher = fwd * (n_batches if details.get("teacher_cached") else steps)
-    total = steps * train + teacher + fwd * details.get("bn_batches", 0)
+    per_batch = options.get("batch_size", BATCH) / BATCH  # the counts are for a batch of BATCH images
+    teacher = fwd * n_batches if details.get("teacher_cached") else fwd * steps * per_batch
+    total = (steps * train + fwd * details.get("bn_batches", 0)) * per_batch + teacher
     evals = details.get("search_evaluations")
     if evals:
         per_candidate = (options.get("search_samples", 512) + options.get("fitness_samples", 256)) / BATCH

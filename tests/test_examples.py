@@ -53,3 +53,22 @@ def test_two_processes_end_with_identical_exact_weights(method):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "processes=2 global_sparsity=0.800000 identical_weights=True" in out.stdout
+
+
+def test_fitness_validation_rank_correlation():
+    fv = _load("fitness_validation")
+    assert fv.ranks([3.0, 1.0, 2.0, 2.0]) == [4.0, 1.0, 2.5, 2.5]
+    assert fv.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert fv.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert fv.spearman([1, 2, 3], [5, 5, 5]) == 0.0  # no ranking at all: no correlation
+
+
+def test_accuracy_benchmark_flops_follow_the_batch_size():
+    ab = _load("accuracy_benchmark")
+    details = {"steps": 100, "teacher_cached": True, "bn_batches": 16}
+    at_64 = ab.run_flops(details, {}, "unipts", fwd=1.0, train=3.0, n_batches=16)
+    at_32 = ab.run_flops(details, {"batch_size": 32}, "unipts", fwd=1.0, train=3.0, n_batches=16)
+    assert at_64 == 100 * 3.0 + 16 + 16  # steps × train + BN re-estimation + cached teacher (once per batch)
+    assert at_32 == (100 * 3.0 + 16) / 2 + 16  # half the images per step; the teacher still sees every image once
+    uncached = ab.run_flops({"steps": 100}, {"batch_size": 32}, "unipts", fwd=1.0, train=3.0, n_batches=16)
+    assert uncached == (100 * 3.0 + 100 * 1.0) / 2
