@@ -12,7 +12,7 @@ regrowth of UniPTS's reducing-regrowing space and random points of that space (w
 
 It reports each proxy's Spearman rank correlation with the accuracy after training (a fitness worth searching
 with ranks the allocations as training does) and the best allocation by each proxy. Raw results go to
-``benchmarks/<tag>.json``.
+``benchmarks/<tag>.json`` and the table to its BENCHMARKS.md block (``--table-only`` rebuilds it from the JSON).
 
     python examples/fitness_validation.py --sparsity 0.9 --steps 200 --burst 20
 """
@@ -25,7 +25,7 @@ import datetime as dt
 import json
 
 import torch
-from _bench_common import ROOT, machine
+from _bench_common import ROOT, machine, write_markdown
 
 import pts_hf
 from pts_hf.calibration import CalibrationData, forward_batch
@@ -102,6 +102,27 @@ def neg_kl(model: torch.nn.Module, batches: list[torch.Tensor], teacher_out: lis
                 for b, t in zip(batches, teacher_out)) / len(batches)
 
 
+PROXIES = {"search_fitness": "search fitness (BN re-estimated, −KL)",
+           "burst_fitness": "burst (−KL after --burst steps)",
+           "final_neg_kl": "−KL after training (held-out calibration images)"}
+
+
+def markdown(meta: dict, summary: dict, rows: list[dict]) -> str:
+    lines = [f"Command: `{meta['command']}`  ",
+             f"Machine: {meta['machine']}; date {meta['date']}; model {meta['model']}; 1024 calibration images "
+             "(seed 0), labels unused; top-1 % on 10000 test images after UniPTS training on each allocation.", "",
+             "| allocation | search fitness | burst fitness | −KL after training | top-1 after training |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: -r["top1"]):
+        lines.append(f"| {r['allocation']} | {r['search_fitness']:.4f} | {r['burst_fitness']:.4f} | "
+                     f"{r['final_neg_kl']:.4f} | {r['top1']:.2f} |")
+    lines += ["", "| proxy | Spearman ρ with top-1 after training | allocation it picks |", "| --- | --- | --- |"]
+    lines += [f"| {label} | {summary[key]['spearman_vs_top1']:+.2f} | {summary[key]['picks']} |"
+              for key, label in PROXIES.items()]
+    lines.append(f"\nBest after training: {summary['best_top1']}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20-fmnist")
@@ -112,7 +133,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="fitness-validation")
+    p.add_argument("--table-only", action="store_true", help="rebuild the BENCHMARKS.md table from the JSON")
     args = p.parse_args()
+    out = ROOT / "benchmarks" / f"{args.tag}.json"
+    if args.table_only:
+        data = json.loads(out.read_text())
+        write_markdown(ROOT / "BENCHMARKS.md", args.tag, markdown(data["meta"], data["summary"], data["rows"]))
+        return
     torch.set_num_threads(args.threads)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     calib = calibration_subset(train, 1024, seed=0).tensors[0]
@@ -137,16 +164,15 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "levels"}), flush=True)
     top1 = [r["top1"] for r in rows]
     summary = {key: {"spearman_vs_top1": spearman([r[key] for r in rows], top1),
-                     "picks": max(rows, key=lambda r: r[key])["allocation"]}
-               for key in ("search_fitness", "burst_fitness", "final_neg_kl")}
+                     "picks": max(rows, key=lambda r: r[key])["allocation"]} for key in PROXIES}
     summary["best_top1"] = max(rows, key=lambda r: r["top1"])["allocation"]
     print(json.dumps(summary, indent=1))
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "table_only")
     meta = {"command": f"python examples/fitness_validation.py {flags}", "machine": machine(args.threads),
             "date": dt.date.today().isoformat(), "model": args.model}
-    out = ROOT / "benchmarks" / f"{args.tag}.json"
     out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_markdown(ROOT / "BENCHMARKS.md", args.tag, markdown(meta, summary, rows))
+    print(f"wrote {out} and its BENCHMARKS.md table")
 
 
 if __name__ == "__main__":

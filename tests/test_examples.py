@@ -61,6 +61,12 @@ def test_fitness_validation_rank_correlation():
     assert fv.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert fv.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert fv.spearman([1, 2, 3], [5, 5, 5]) == 0.0  # no ranking at all: no correlation
+    rows = [{"allocation": a, "search_fitness": f, "burst_fitness": f, "final_neg_kl": f, "top1": t}
+            for a, f, t in [("erk", -0.5, 92.0), ("lamp", -0.4, 92.5)]]
+    summary = {k: {"spearman_vs_top1": 1.0, "picks": "lamp"} for k in fv.PROXIES} | {"best_top1": "lamp"}
+    table = fv.markdown({"command": "c", "machine": "m", "date": "d", "model": "x"}, summary, rows)
+    assert table.index("| lamp |") < table.index("| erk |")  # best first
+    assert table.count("| +1.00 | lamp |") == 3
 
 
 def test_accuracy_benchmark_flops_follow_the_batch_size():
