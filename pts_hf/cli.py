@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sparsity", type=_sparsity, default=None,
                     help="global target sparsity in [0, 1) (default 0.9; (M-N)/M with --mask-structure N:M)")
     sp.add_argument("--allocation", default=None, help="(initial) per-layer allocation: uniform, erk, lamp, "
-                                                       "l2norm, global, owl (default: the method's)")
+                                                       "l2norm, global, regrow, owl (default: the method's)")
     sp.add_argument("--mask-structure", default="unstructured",
                     help="'unstructured' or 'N:M' (e.g. 2:4): at most N non-zeros in every M consecutive inputs")
     sp.add_argument("--calib-samples", type=_positive, default=1024,

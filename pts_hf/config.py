@@ -56,10 +56,12 @@ class SparsityConfig:
 
     sparsity: float = help_field(0.5, "Global target: zeros ÷ elements over all targeted weights, in [0, 1).")
     allocation: str = help_field(
-        "erk", "Per-layer allocation (initial for learned methods): uniform, erk, lamp, l2norm, global or owl "
-        "(outlier-weighted, from calibration activations)."
+        "erk", "Per-layer allocation (initial for learned methods): uniform, erk, lamp, l2norm, global, regrow "
+        "(every layer at sparsity + regrow_delta, then the excess regrown in equal numbers per layer: UniPTS's "
+        "reducing-regrowing scheme at its neutral point) or owl (outlier-weighted, from calibration activations)."
     )
     erk_power: float = help_field(1.0, "ERK power-scale: density ∝ (Σdims/Πdims)^power; 0 = uniform.")
+    regrow_delta: float = help_field(0.05, "regrow allocation: every layer is first reduced to sparsity + δ.")
     owl_lambda: float = help_field(0.08, "OWL: per-layer sparsities span ±λ around the target.")
     owl_m: float = help_field(5.0, "OWL: a weight is an outlier when its |W|·‖X‖ score exceeds M× the layer mean.")
     mask_structure: str = help_field(
@@ -98,6 +100,8 @@ class SparsityConfig:
             raise ValueError(f"erk_power must be ≥ 0, got {self.erk_power!r}")
         if not self.owl_lambda >= 0 or not self.owl_m > 0:
             raise ValueError(f"owl_lambda must be ≥ 0 and owl_m > 0, got {self.owl_lambda!r}, {self.owl_m!r}")
+        if not 0.0 <= self.regrow_delta < 1.0:
+            raise ValueError(f"regrow_delta must be in [0, 1), got {self.regrow_delta!r}")
         self._validate_structure()
         for name in ("targets", "ignore"):
             v = getattr(self, name)
@@ -140,6 +144,8 @@ class SparsityConfig:
             return {"power": self.erk_power}
         if self.allocation == "owl":
             return {"lam": self.owl_lambda, "m": self.owl_m}
+        if self.allocation == "regrow":
+            return {"delta": self.regrow_delta}
         return {}
 
     # --- serialisation -------------------------------------------------------------------------------------

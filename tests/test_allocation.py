@@ -42,6 +42,37 @@ def test_erk_power_zero_is_uniform():
     assert A.erk(SHAPES, 0.8, power=0.0) == pytest.approx([0.8] * len(SHAPES))
 
 
+@pytest.mark.parametrize("s", [0.5, 0.9, 0.95, 0.995])
+def test_regrow_is_exact_and_regrows_equal_counts(s):
+    weights = _weights()
+    sp = A.allocate("regrow", weights, s)
+    n = [w.numel() for w in weights]
+    assert _global(sp) == pytest.approx(s, abs=1e-9)
+    base = min(s + 0.05, max(0.99, s))
+    assert all(0.0 <= x <= base + 1e-12 for x in sp)
+    regrown = [(base - x) * k for x, k in zip(sp, n)]
+    # equal numbers regrown per layer, except layers capped at dense, which hand their share to the others
+    uncapped = [r for x, r in zip(sp, regrown) if x > 0]
+    assert max(uncapped) - min(uncapped) < 1e-6 * max(1.0, max(uncapped))
+    assert sp[-1] <= sp[2] or s == 0.995  # the small classifier ends denser than the big conv
+
+
+def test_regrow_delta_option_and_its_validation():
+    from pts_hf.config import SparsityConfig
+
+    weights = _weights()
+    wide, narrow = A.allocate("regrow", weights, 0.8, delta=0.15), A.allocate("regrow", weights, 0.8, delta=0.0)
+    assert narrow == pytest.approx([0.8] * len(weights))  # no reduction, nothing to regrow: uniform
+    biggest = max(range(len(weights)), key=lambda i: weights[i].numel())
+    assert max(wide) == wide[biggest] < 0.95  # reduced to 0.95, then it regrows the smallest fraction
+    assert max(wide) > max(A.allocate("regrow", weights, 0.8))  # a wider δ moves more weights to small layers
+    with pytest.raises(ValueError, match="regrow delta"):
+        A.regrow(weights, 0.8, delta=1.5)
+    with pytest.raises(ValueError, match="regrow_delta"):
+        SparsityConfig(allocation="regrow", regrow_delta=-0.1)
+    assert SparsityConfig(allocation="regrow", regrow_delta=0.1).allocation_options() == {"delta": 0.1}
+
+
 def test_exact_counts_largest_remainder():
     numels = [7, 13, 101, 3]
     counts = A.exact_counts([0.33, 0.51, 0.77, 0.5], numels, total_zeros=90)

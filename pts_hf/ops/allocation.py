@@ -25,6 +25,8 @@ __all__ = [
     "lamp",
     "lamp_scores",
     "owl",
+    "regrow",
+    "regrow_allocation",
     "uniform",
 ]
 
@@ -216,6 +218,49 @@ def owl(weights: Sequence[torch.Tensor], sparsity: float, activation_scores: Seq
     return [1.0 - min(1.0, max(0.0, r + shift)) for r in raw]
 
 
+def regrow_allocation(genes: torch.Tensor, numels: Sequence[int], sparsity: float, delta: float,
+                      max_sparsity: float = 0.999) -> list[float]:
+    """UniPTS reducing-regrowing: exact global ``sparsity`` with per-layer values in [0, min(P+δ, max)].
+
+    Every layer is reduced to P + δ (at most ``max_sparsity``), then the excess over the target is regrown across
+    layers in proportion to softmax(genes); layers that would go below 0 are capped and hand their share to the
+    others (water-filling). ``genes = 0`` regrows the same number of weights in every layer."""
+    n = torch.tensor([float(x) for x in numels], dtype=torch.float64)
+    total = float(n.sum())
+    weights = torch.softmax(genes.double(), 0)
+    base = torch.full_like(n, sparsity + delta).clamp(max=max_sparsity)
+    # zeros to remove = what the base has in excess of the target (δ·N unless clipped at max_sparsity)
+    budget = float((base * n).sum()) - sparsity * total
+    regrow = torch.zeros_like(n)
+    free = torch.ones_like(n, dtype=torch.bool)
+    left = budget
+    for _ in range(len(numels) + 1):  # water-filling: layers that would go below 0 are capped
+        share = weights * free
+        if left <= 1e-9 or share.sum() <= 0:
+            break
+        share = share / share.sum() * left
+        cap = base * n - regrow
+        over = free & (share > cap)
+        if not over.any():
+            regrow = regrow + share
+            left = 0.0
+            break
+        regrow[over] = base[over] * n[over]
+        left = budget - float(regrow.sum())
+        free &= ~over
+    return [float(x) for x in (base - regrow / n).clamp(0.0, max_sparsity)]
+
+
+def regrow(weights: Sequence[torch.Tensor], sparsity: float, delta: float = 0.05) -> list[float]:
+    """UniPTS's reducing-regrowing scheme at its neutral point (the search's starting allocation): every layer
+    reduced to P + δ, then δ·N weights regrown in equal numbers per layer, so small layers end denser."""
+    s = _check_sparsity(sparsity)
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"regrow delta must be in [0, 1), got {delta!r}")
+    numels = [w.numel() for w in weights]
+    return regrow_allocation(torch.zeros(len(numels)), numels, s, delta, max_sparsity=max(0.99, s))
+
+
 def _uniform_w(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
     return uniform([w.shape for w in weights], sparsity)
 
@@ -231,6 +276,7 @@ ALLOCATIONS: dict[str, Callable[..., list[float]]] = {
     "l2norm": l2norm,
     "global": global_magnitude,
     "owl": owl,
+    "regrow": regrow,
 }
 
 # Allocations that need calibration activations (passed as ``activation_scores``).
@@ -239,7 +285,7 @@ NEEDS_ACTIVATIONS = frozenset({"owl"})
 
 def allocate(name: str, weights: Sequence[torch.Tensor], sparsity: float, **options) -> list[float]:
     """Per-layer sparsities by the named allocation (``uniform``, ``erk``, ``lamp``, ``l2norm``, ``global``,
-    ``owl`` with ``activation_scores=``)."""
+    ``regrow``, ``owl`` with ``activation_scores=``)."""
     key = name.lower()
     if key not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {name!r}; choose one of {sorted(ALLOCATIONS)}")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pts_hf.ops.allocation import regrow_allocation
+
 __all__ = [
     "GAResult",
     "genes_to_sparsities",
@@ -26,35 +28,6 @@ __all__ = [
     "regrow_genes_for",
     "run_evolution",
 ]
-
-
-def regrow_allocation(genes: torch.Tensor, numels: Sequence[int], sparsity: float, delta: float,
-                      max_sparsity: float = 0.999) -> list[float]:
-    """UniPTS reducing-regrowing: exact global ``sparsity`` with per-layer values in [0, min(P+δ, max)]."""
-    n = torch.tensor([float(x) for x in numels], dtype=torch.float64)
-    total = float(n.sum())
-    weights = torch.softmax(genes.double(), 0)
-    base = torch.full_like(n, sparsity + delta).clamp(max=max_sparsity)
-    # zeros to remove = what the base has in excess of the target (δ·N unless clipped at max_sparsity)
-    budget = float((base * n).sum()) - sparsity * total
-    regrow = torch.zeros_like(n)
-    free = torch.ones_like(n, dtype=torch.bool)
-    left = budget
-    for _ in range(len(numels) + 1):  # water-filling: layers that would go below 0 are capped
-        share = weights * free
-        if left <= 1e-9 or share.sum() <= 0:
-            break
-        share = share / share.sum() * left
-        cap = base * n - regrow
-        over = free & (share > cap)
-        if not over.any():
-            regrow = regrow + share
-            left = 0.0
-            break
-        regrow[over] = base[over] * n[over]
-        left = budget - float(regrow.sum())
-        free &= ~over
-    return [float(x) for x in (base - regrow / n).clamp(0.0, max_sparsity)]
 
 
 def logit_allocation(genes: torch.Tensor, numels: Sequence[int], sparsity: float,
