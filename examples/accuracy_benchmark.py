@@ -159,9 +159,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     rows = merged(rows)
     draw = (f"drawn afresh for each seed (seed {meta['calib_seed']} + run seed)" if meta.get("vary_calib")
             else f"drawn once with seed {meta['calib_seed']}")
+    counts = {len(r["runs"]) for r in rows if r.get("runs")} or {meta["seeds"]}  # runs pooled per cell
+    n = max(counts)
+    seeds = (f"{n} seed{'s' * (n != 1)}" if len(counts) == 1
+             else f"up to {n} seeds, '1 seed' where run once")
     lines = [f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; date {meta['date']}; calibration images "
              f"{draw} from the training split (labels unused); the run seed drives the method (KDE samples, search); "
-             f"top-1 % on {meta['eval']} test images, **median (min–max) of {meta['seeds']} seeds**; `×N`: run CPU "
+             f"top-1 % on {meta['eval']} test images, **median (min–max) of {seeds}**; `×N`: run CPU "
              "time / one dense training step (batch 64) in the same process; GFLOP of a run in brackets.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model and r["variant"] != "dense"]

@@ -3,7 +3,7 @@ allocation from FCPTS instead of its evolutionary search.)
 
 For each sparsity: FCPTS runs with its defaults (``--steps``), its final per-layer sparsities (after the exact
 projection, so they hit the target) become the torch.ao per-tensor ``sparsity_level`` of a UniPTS run (dynamic
-sparse training, same steps), next to UniPTS on ERK (its default). All three runs use the same
+sparse training, same steps), next to UniPTS on ERK (its default when this was measured). All three runs use the same
 ``--feature-weight`` (block-output distillation; 1 when the BENCHMARKS.md numbers were measured). Top-1 on the
 Fashion-MNIST test split; raw results to ``benchmarks/<tag>.json``.
 
@@ -57,7 +57,7 @@ def main() -> None:
     for s in args.sparsities:
         kw = dict(sparsity=s, steps=args.steps, seed=args.seed, feature_weight=args.feature_weight)
         fcpts = pts_hf.sparsify(dense, calib, method="fcpts", progress=False, **kw)
-        erk = pts_hf.sparsify(dense, calib, method="unipts", progress=False, **kw)
+        erk = pts_hf.sparsify(dense, calib, method="unipts", allocation="erk", progress=False, **kw)
         learned = unipts_on(dense, calib, fcpts.layer_sparsity, **kw)
         row = {"sparsity": s, "fcpts": evaluate_top1(fcpts.model, test), "unipts_erk": evaluate_top1(erk.model, test),
                "unipts_on_fcpts_allocation": evaluate_top1(learned, test)}

@@ -258,7 +258,14 @@ def regrow(weights: Sequence[torch.Tensor], sparsity: float, delta: float = 0.05
     if not 0.0 <= delta < 1.0:
         raise ValueError(f"regrow delta must be in [0, 1), got {delta!r}")
     numels = [w.numel() for w in weights]
-    return regrow_allocation(torch.zeros(len(numels)), numels, s, delta, max_sparsity=max(0.99, s))
+    full = [i for i, n in enumerate(numels) if n > 0]  # empty layers hold nothing to prune or regrow
+    levels = [0.0] * len(numels)
+    if full:
+        picked = regrow_allocation(torch.zeros(len(full)), [numels[i] for i in full], s, delta,
+                                   max_sparsity=max(0.99, s))
+        for i, level in zip(full, picked):
+            levels[i] = level
+    return levels
 
 
 def _uniform_w(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:

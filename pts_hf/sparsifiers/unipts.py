@@ -43,11 +43,16 @@ logger = logging.getLogger("pts_hf")
 class UniPTSConfig(DistillationConfig):
     method: ClassVar[str] = "unipts"
 
+    allocation: str = help_field(
+        "lamp", "Per-layer allocation the training starts from (and the search is seeded with): 'lamp' (the "
+        "default: on ResNet-20 it beat ERK on each of 3 calibration draws, by 0.04–0.17 points at 90% and "
+        "0.10–0.25 at 95%, 500 steps; BENCHMARKS.md), or uniform, erk, l2norm, global, regrow, owl."
+    )
     search: bool = help_field(False, "Evolutionary allocation search seeded with the `allocation` (True; skipped for "
-                                     "N:M masks, which fix every layer's sparsity) or the `allocation` as is, ERK by "
-                                     "default (False, the default: on ResNet-20 ERK beat the search after training "
-                                     "at 90% in all 3 seeds and tied at 95%, at a third of the cost; "
-                                     "BENCHMARKS.md).")
+                                     "N:M masks, which fix every layer's sparsity) or the `allocation` as is "
+                                     "(False, the default: on ResNet-20 ERK beat the search after training "
+                                     "at 90% in all 3 seeds and tied at 95%, at a third of the cost; the search's "
+                                     "fitness ranks allocations only loosely as training does; BENCHMARKS.md).")
     search_space: str = help_field("regrow", "'regrow' (P_e = P+δ, regrow δ·N by softmax of genes: UniPTS) or "
                                              "'logit' (any layer in [0, max_layer_sparsity]).")
     delta: float = help_field(0.05, "δ of the reducing-regrowing scheme: layers are first reduced to P + δ.")
