@@ -224,7 +224,8 @@ def regrow_allocation(genes: torch.Tensor, numels: Sequence[int], sparsity: floa
 
     Every layer is reduced to P + δ (at most ``max_sparsity``), then the excess over the target is regrown across
     layers in proportion to softmax(genes); layers that would go below 0 are capped and hand their share to the
-    others (water-filling). ``genes = 0`` regrows the same number of weights in every layer."""
+    others (water-filling). ``genes = 0`` regrows the same number of weights in every layer. Empty layers (no
+    weights) take no share of the regrowth and get sparsity 0."""
     n = torch.tensor([float(x) for x in numels], dtype=torch.float64)
     total = float(n.sum())
     weights = torch.softmax(genes.double(), 0)
@@ -248,7 +249,8 @@ def regrow_allocation(genes: torch.Tensor, numels: Sequence[int], sparsity: floa
         regrow[over] = base[over] * n[over]
         left = budget - float(regrow.sum())
         free &= ~over
-    return [float(x) for x in (base - regrow / n).clamp(0.0, max_sparsity)]
+    levels = torch.where(n > 0, base - regrow / n.clamp_min(1.0), torch.zeros_like(n))
+    return [float(x) for x in levels.clamp(0.0, max_sparsity)]
 
 
 def regrow(weights: Sequence[torch.Tensor], sparsity: float, delta: float = 0.05) -> list[float]:
@@ -258,14 +260,7 @@ def regrow(weights: Sequence[torch.Tensor], sparsity: float, delta: float = 0.05
     if not 0.0 <= delta < 1.0:
         raise ValueError(f"regrow delta must be in [0, 1), got {delta!r}")
     numels = [w.numel() for w in weights]
-    full = [i for i, n in enumerate(numels) if n > 0]  # empty layers hold nothing to prune or regrow
-    levels = [0.0] * len(numels)
-    if full:
-        picked = regrow_allocation(torch.zeros(len(full)), [numels[i] for i in full], s, delta,
-                                   max_sparsity=max(0.99, s))
-        for i, level in zip(full, picked):
-            levels[i] = level
-    return levels
+    return regrow_allocation(torch.zeros(len(numels)), numels, s, delta, max_sparsity=max(0.99, s))
 
 
 def _uniform_w(weights: Sequence[torch.Tensor], sparsity: float) -> list[float]:
