@@ -1,8 +1,10 @@
-"""Helpers shared by the benchmark scripts: variant strings, machine description, Markdown blocks."""
+"""Helpers shared by the benchmark scripts: variant strings, machine description, Markdown blocks, UniPTS on
+given per-layer sparsities."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -13,6 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from pts_hf.calibration import CalibrationData
+from pts_hf.sparsifiers import get_sparsifier_class
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,3 +160,24 @@ def run_or_combine(args: argparse.Namespace, script: str, run: Callable[[argpars
     print(text)
     if not args.no_write:
         save_results(args.tag, info, rows, text)
+
+
+def unipts_prepared_on(dense: torch.nn.Module, levels: dict[str, float], **options: Any
+                       ) -> tuple[torch.nn.Module, Any]:
+    """A copy of ``dense`` prepared by a UniPTS sparsifier with every tensor's sparsity given (torch.ao per-tensor
+    ``sparsity_level``), and the sparsifier."""
+    model = copy.deepcopy(dense)
+    sp = get_sparsifier_class("unipts")(**options)
+    sp.show_progress = False
+    sp.prepare(model, config=[{"tensor_fqn": k, "sparsity_level": v} for k, v in levels.items()])
+    return model, sp
+
+
+def unipts_trained_on(dense: torch.nn.Module, calib: torch.Tensor, levels: dict[str, float], **options: Any
+                      ) -> torch.nn.Module:
+    """UniPTS through its torch.ao interface on those per-tensor sparsities, trained on ``calib`` (batches of 64),
+    masks squashed."""
+    model, sp = unipts_prepared_on(dense, levels, **options)
+    sp.calibrate(model, CalibrationData(calib, 64))
+    sp.squash_mask()
+    return model

@@ -210,5 +210,6 @@ def main() -> None:
         "machine": f"shared 2-core CPU box, {machine(args.threads)}", "calib_seed": args.calib_seed,
         "seeds": args.seeds, "vary_calib": args.vary_calib})
 
+
 if __name__ == "__main__":
     main()

@@ -13,30 +13,15 @@ Fashion-MNIST test split; raw results to ``benchmarks/<tag>.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 
 import torch
-from _bench_common import ROOT, machine
+from _bench_common import ROOT, machine, unipts_trained_on
 
 import pts_hf
-from pts_hf.calibration import CalibrationData
 from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
 from pts_hf.models import load_bundled
-from pts_hf.sparsifiers import get_sparsifier_class
-
-
-def unipts_on(dense: torch.nn.Module, calib: torch.Tensor, levels: dict[str, float], **options: float
-              ) -> torch.nn.Module:
-    """UniPTS through its torch.ao interface, every tensor's sparsity given."""
-    model = copy.deepcopy(dense)
-    sp = get_sparsifier_class("unipts")(**options)
-    sp.show_progress = False
-    sp.prepare(model, config=[{"tensor_fqn": k, "sparsity_level": v} for k, v in levels.items()])
-    sp.calibrate(model, CalibrationData(calib, 64))
-    sp.squash_mask()
-    return model
 
 
 def main() -> None:
@@ -58,7 +43,7 @@ def main() -> None:
         kw = dict(sparsity=s, steps=args.steps, seed=args.seed, feature_weight=args.feature_weight)
         fcpts = pts_hf.sparsify(dense, calib, method="fcpts", progress=False, **kw)
         erk = pts_hf.sparsify(dense, calib, method="unipts", allocation="erk", progress=False, **kw)
-        learned = unipts_on(dense, calib, fcpts.layer_sparsity, **kw)
+        learned = unipts_trained_on(dense, calib, fcpts.layer_sparsity, **kw)
         row = {"sparsity": s, "fcpts": evaluate_top1(fcpts.model, test), "unipts_erk": evaluate_top1(erk.model, test),
                "unipts_on_fcpts_allocation": evaluate_top1(learned, test)}
         rows.append(row)

@@ -105,5 +105,6 @@ def main() -> None:
         "machine": f"{platform.machine()}, {args.threads} CPU thread(s), torch {torch.__version__}",
         "calib": args.calib, "seed": args.seed, "repeats": args.repeats})
 
+
 if __name__ == "__main__":
     main()

@@ -20,20 +20,18 @@ with ranks the allocations as training does) and the best allocation by each pro
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 
 import torch
-from _bench_common import ROOT, machine, write_markdown
+from _bench_common import ROOT, machine, unipts_prepared_on, unipts_trained_on, write_markdown
 
 import pts_hf
-from pts_hf.calibration import CalibrationData, forward_batch
+from pts_hf.calibration import forward_batch
 from pts_hf.data import calibration_subset, evaluate_top1, load_fashion_mnist
 from pts_hf.losses import reconstruction_loss
 from pts_hf.models import load_bundled
 from pts_hf.search import MaskFitness, regrow_allocation
-from pts_hf.sparsifiers import get_sparsifier_class
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -77,22 +75,6 @@ def allocations(dense: torch.nn.Module, calib: torch.Tensor, sparsity: float, ra
     for name, x in genes:
         out[name] = dict(zip(names, regrow_allocation(x, numels, sparsity, delta=0.05, max_sparsity=0.99)))
     return out
-
-
-def prepared(dense: torch.nn.Module, levels: dict[str, float], **options: float) -> tuple[torch.nn.Module, object]:
-    model = copy.deepcopy(dense)
-    sp = get_sparsifier_class("unipts")(**options)
-    sp.show_progress = False
-    sp.prepare(model, config=[{"tensor_fqn": k, "sparsity_level": v} for k, v in levels.items()])
-    return model, sp
-
-
-def trained(dense: torch.nn.Module, calib: torch.Tensor, levels: dict[str, float], **options: float
-            ) -> torch.nn.Module:
-    model, sp = prepared(dense, levels, **options)
-    sp.calibrate(model, CalibrationData(calib, 64))
-    sp.squash_mask()
-    return model
 
 
 @torch.no_grad()
@@ -151,12 +133,12 @@ def main() -> None:
     kw = dict(sparsity=args.sparsity, seed=args.seed)
     rows = []
     for name, levels in allocations(dense, calib, args.sparsity, args.randoms, args.seed).items():
-        model, sp = prepared(dense, levels, **kw)
+        model, sp = unipts_prepared_on(dense, levels, **kw)
         fitness = MaskFitness(sp.groups, model, bn_batches, score_batches, teacher_out, args.sparsity, "kl",
                               noise_std=1e-6, seed=args.seed)
         search_fitness = fitness([levels[g["tensor_fqn"]] for g in sp.groups])
-        burst = neg_kl(trained(dense, calib, levels, steps=args.burst, **kw), score_batches, teacher_out)
-        final = trained(dense, calib, levels, steps=args.steps, **kw)
+        burst = neg_kl(unipts_trained_on(dense, calib, levels, steps=args.burst, **kw), score_batches, teacher_out)
+        final = unipts_trained_on(dense, calib, levels, steps=args.steps, **kw)
         row = {"allocation": name, "search_fitness": search_fitness, "burst_fitness": burst,
                "final_neg_kl": neg_kl(final, score_batches, teacher_out), "top1": evaluate_top1(final, test),
                "levels": levels}
