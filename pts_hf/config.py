@@ -309,6 +309,11 @@ class DistillationConfig(SparsityConfig):
         "models without blocks compare the output only). Off for FCPTS: at its 500 steps it cost the ViT 0.9 "
         "points at 90% (at 200 steps it gained 1.2 there and 0.9 on MobileNet; BENCHMARKS.md)."
     )
+    feature_schedule: str = help_field(
+        "constant", "How feature_weight moves over the run: 'constant', or 'cosine' (from feature_weight down to 0 "
+        "at the last step, like the learning rate: block outputs pull hard early, the output loss alone decides "
+        "the end)."
+    )
     feature_points: str | list[str] = help_field(
         "blocks", "Modules whose outputs feature distillation compares: 'blocks' (found from the model's structure: "
         "transformer layers, timm blocks, the children of CNN stages) or a list of module names."
@@ -336,6 +341,8 @@ class DistillationConfig(SparsityConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.feature_weight, (int, float)) or not self.feature_weight >= 0:
             raise ValueError(f"feature_weight must be a number ≥ 0, got {self.feature_weight!r}")
+        if self.feature_schedule not in ("constant", "cosine"):
+            raise ValueError(f"feature_schedule must be 'constant' or 'cosine', got {self.feature_schedule!r}")
         points = self.feature_points
         if not (points == "blocks" or (isinstance(points, (list, tuple)) and points
                                        and all(isinstance(n, str) and n for n in points))):

@@ -110,6 +110,13 @@ def compared_points(sparsifier: PTSSparsifier, model: nn.Module) -> list[str]:
     return points
 
 
+def feature_weight_at(config: DistillationConfig, progress: float) -> float:
+    """``feature_weight`` at ``progress`` ∈ [0, 1] of the run under ``feature_schedule``."""
+    if config.feature_schedule == "cosine":
+        return config.feature_weight * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    return config.feature_weight
+
+
 def add_feature_loss(loss: torch.Tensor, logs: dict[str, float], student_feats: list[torch.Tensor],
                      teacher_feats: list[torch.Tensor], weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """The method's loss plus ``weight`` × the block-output comparison, and the logs with its value."""
@@ -384,7 +391,8 @@ def _train_step(sparsifier: PTSSparsifier, wrapped: nn.Module, teacher: nn.Modul
                 teacher_out, teacher_feats = teacher_out
             loss, logs = sparsifier.compute_loss(student_out, teacher_out, epoch=step / n_batches)
             if taps is not None:
-                loss, logs = add_feature_loss(loss, logs, taps[0].take(), teacher_feats, config.feature_weight)
+                loss, logs = add_feature_loss(loss, logs, taps[0].take(), teacher_feats,
+                                              feature_weight_at(config, step / config.steps))
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"{sparsifier.method}: the loss became {float(loss.detach())} at step {step} (training diverged); "

@@ -1,5 +1,7 @@
 """Intermediate-feature distillation: discovery of the compared block outputs, the taps, the loss and the loop."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -110,6 +112,32 @@ def test_bad_feature_options_fail_before_any_work(monkeypatch):
         pts_hf.sparsify(StagedCNN(), X, feature_weight=-1.0, **kw)
     with pytest.raises(ValueError, match="feature_points"):
         pts_hf.sparsify(StagedCNN(), X, feature_points="layers", **kw)
+    with pytest.raises(ValueError, match="feature_schedule must be 'constant' or 'cosine'"):
+        pts_hf.sparsify(StagedCNN(), X, feature_weight=1.0, feature_schedule="linear", **kw)
+
+
+def test_cosine_feature_schedule_decays_the_weight_to_zero(monkeypatch):
+    from pts_hf import distillation
+    from pts_hf.distillation import feature_weight_at
+
+    cos = pts_hf.UniPTSConfig(sparsity=0.7, feature_weight=10.0, feature_schedule="cosine")
+    assert [round(feature_weight_at(cos, p), 6) for p in (0.0, 0.5, 1.0, 2.0)] == [10.0, 5.0, 0.0, 0.0]
+    const = pts_hf.UniPTSConfig(sparsity=0.7, feature_weight=10.0)
+    assert const.feature_schedule == "constant" and feature_weight_at(const, 0.9) == 10.0
+    # the loop adds the comparison at the scheduled weight of each step
+    seen: list[float] = []
+    real = distillation.add_feature_loss
+
+    def spy(loss, logs, s, t, weight):
+        seen.append(weight)
+        return real(loss, logs, s, t, weight)
+
+    monkeypatch.setattr(distillation, "add_feature_loss", spy)
+    kw = dict(method="unipts", sparsity=0.7, steps=4, batch_size=16, progress=False, feature_weight=8.0)
+    r = pts_hf.sparsify(StagedCNN(), X, feature_schedule="cosine", **kw)
+    assert [round(w, 6) for w in seen] == [8.0, round(8 * 0.5 * (1 + math.cos(math.pi / 4)), 6), 4.0,
+                                           round(8 * 0.5 * (1 + math.cos(3 * math.pi / 4)), 6)]
+    assert pts_hf.SparsityConfig.from_json(r.config.to_json()).feature_schedule == "cosine"  # replayable
 
 
 def test_a_config_saved_before_feature_distillation_replays_without_it():

@@ -169,3 +169,14 @@ def test_callback_adds_feature_distillation_of_the_blocks():
     assert logs["feature"] > 0  # 80% of the weights are masked: the blocks' outputs differ from the dense ones
     expected = logs["rec"] + logs["control"] + 2.0 * logs["feature"]
     assert abs(float(out["loss"]) - expected) < 1e-4 * max(1.0, expected)
+    # feature_schedule="cosine" follows the Trainer's global_step / max_steps: at the half the weight is 1.0
+    cb.sparsifier.method_config.feature_schedule = "cosine"
+
+    class State:
+        epoch, global_step, max_steps = 0.5, 5, 10
+
+    cb.on_step_end(Args(), State(), None)
+    out = model(input_ids=ids)
+    logs = cb.history[-1]
+    expected = logs["rec"] + logs["control"] + 1.0 * logs["feature"]
+    assert abs(float(out["loss"]) - expected) < 1e-4 * max(1.0, expected)

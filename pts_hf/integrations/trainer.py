@@ -33,7 +33,7 @@ import torch
 from transformers import TrainerCallback
 
 from pts_hf.checkpoint.io import RECORD_ATTR, finish_checkpoint, record_of
-from pts_hf.distillation import add_feature_loss, compared_points, dense_copy
+from pts_hf.distillation import add_feature_loss, compared_points, dense_copy, feature_weight_at
 from pts_hf.features import FeatureTap
 from pts_hf.sparsifiers import get_sparsifier_class
 from pts_hf.sparsifiers.distilling import DistillingSparsifier
@@ -84,6 +84,7 @@ class PTSCallback(TrainerCallback):
         self.teacher: Any = None
         self.history: list[dict[str, float]] = []
         self._epoch = 0.0
+        self._progress = 0.0  # fraction of the Trainer's max_steps done (feature_schedule)
         self._hook: Any = None
         self._taps: tuple[FeatureTap, FeatureTap] | None = None
 
@@ -104,6 +105,7 @@ class PTSCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._epoch = float(state.epoch or 0.0)
+        self._progress = state.global_step / state.max_steps if state.max_steps else 0.0
         self.sparsifier.step()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -156,7 +158,7 @@ class PTSCallback(TrainerCallback):
         loss, logs = self.sparsifier.compute_loss(output, teacher_out, epoch=self._epoch)
         if self._taps is not None:
             loss, logs = add_feature_loss(loss, logs, self._taps[0].take(), self._taps[1].take(),
-                                          self.sparsifier.method_config.feature_weight)
+                                          feature_weight_at(self.sparsifier.method_config, self._progress))
         own = output.get("loss") if hasattr(output, "get") else None
         if own is not None and self.label_loss_weight > 0:
             loss = loss + self.label_loss_weight * own
