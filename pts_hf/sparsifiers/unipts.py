@@ -76,7 +76,8 @@ class UniPTSConfig(DistillationConfig):
     feature_weight: float = help_field(
         3.0, "Weight of intermediate-feature distillation (block outputs vs the dense model's; see "
         "DistillationConfig). On for UniPTS: on ResNet-20 at 200 steps +0.8 / +0.5 points at 90 / 95% with weight "
-        "1, and weight 3 above 1 at 200 and 500 steps (BENCHMARKS.md); 0 = off."
+        "1, and weight 3 above 1 at 200 and 500 steps; for 200-step runs 15 is better at 90% (92.67 vs 92.36 over "
+        "3 draws) but worse at 500 steps and at 95% (BENCHMARKS.md); 0 = off."
     )
 
     def validate(self) -> None:
