@@ -273,6 +273,7 @@ _CHOICES = {
     "student_bn": ("train", "eval"),
     "mixed_precision": ("no", "fp16", "bf16"),
     "augment": (None, "flip", "crop", "flip_crop"),
+    "feature_schedule": ("constant", "cosine"),
 }
 
 
@@ -341,8 +342,6 @@ class DistillationConfig(SparsityConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.feature_weight, (int, float)) or not self.feature_weight >= 0:
             raise ValueError(f"feature_weight must be a number ≥ 0, got {self.feature_weight!r}")
-        if self.feature_schedule not in ("constant", "cosine"):
-            raise ValueError(f"feature_schedule must be 'constant' or 'cosine', got {self.feature_schedule!r}")
         points = self.feature_points
         if not (points == "blocks" or (isinstance(points, (list, tuple)) and points
                                        and all(isinstance(n, str) and n for n in points))):

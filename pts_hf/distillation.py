@@ -113,7 +113,7 @@ def compared_points(sparsifier: PTSSparsifier, model: nn.Module) -> list[str]:
 def feature_weight_at(config: DistillationConfig, progress: float) -> float:
     """``feature_weight`` at ``progress`` ∈ [0, 1] of the run under ``feature_schedule``."""
     if config.feature_schedule == "cosine":
-        return config.feature_weight * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+        return config.feature_weight * cosine_decay(progress)
     return config.feature_weight
 
 
@@ -124,14 +124,18 @@ def add_feature_loss(loss: torch.Tensor, logs: dict[str, float], student_feats: 
     return loss + weight * feat.to(loss.device), {**logs, "feature": float(feat.detach())}
 
 
+def cosine_decay(progress: float) -> float:
+    """½(1 + cos(π·p)) for ``progress`` p clamped to [0, 1]: 1 at the start, 0 at the end."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 def cosine_with_warmup(steps: int, warmup: int):
     """LR multiplier: linear warm-up, then cosine decay to 0 at ``steps``."""
 
     def fn(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return cosine_decay((step - warmup) / max(1, steps - warmup))
 
     return fn
 

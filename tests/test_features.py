@@ -112,7 +112,7 @@ def test_bad_feature_options_fail_before_any_work(monkeypatch):
         pts_hf.sparsify(StagedCNN(), X, feature_weight=-1.0, **kw)
     with pytest.raises(ValueError, match="feature_points"):
         pts_hf.sparsify(StagedCNN(), X, feature_points="layers", **kw)
-    with pytest.raises(ValueError, match="feature_schedule must be 'constant' or 'cosine'"):
+    with pytest.raises(ValueError, match=r"feature_schedule must be one of \('constant', 'cosine'\), got 'linear'"):
         pts_hf.sparsify(StagedCNN(), X, feature_weight=1.0, feature_schedule="linear", **kw)
 
 
